@@ -1,0 +1,68 @@
+//! An async Rust client for the dyad protocol: the REST calls and a
+//! WebSocket [`Connection`] that speaks the events of `dyad_protocol`.
+//!
+//! The project's tests, its CLI and its load generator all use it.
+#![warn(missing_docs)]
+
+mod connection;
+mod rest;
+
+pub use connection::Connection;
+pub use dyad_protocol as protocol;
+pub use rest::Client;
+
+use dyad_protocol::ErrorCode;
+
+/// What can go wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The HTTP request failed (connection refused, timeout, …).
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The server answered with an error body.
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The error code.
+        code: ErrorCode,
+        /// The server's text.
+        message: String,
+    },
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+    /// The server closed the WebSocket.
+    #[error("closed by server: {code} {reason}")]
+    Closed {
+        /// Close code (1005 when the frame had none).
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+    /// A frame or body was not what the protocol says.
+    #[error("decode: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// A call needs a token and the client has none.
+    #[error("not logged in")]
+    NotLoggedIn,
+    /// A URL could not be formed.
+    #[error("bad url: {0}")]
+    Url(String),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        ClientError::WebSocket(Box::new(e))
+    }
+}
+
+impl ClientError {
+    /// The API error code, if the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The REST side: accounts, sessions, history, status, conversations.
+
+use dyad_protocol::events::PresenceView;
+use dyad_protocol::rest::{
+    ConversationList, Credentials, ErrorBody, HistoryPage, SessionCreated, UserCreated, UserSummary,
+};
+use dyad_protocol::{ErrorCode, UserId};
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+
+use crate::{ClientError, Connection};
+
+/// A client of one server, optionally logged in.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    user_id: Option<UserId>,
+}
+
+impl Client {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            base: base_url.trim_end_matches('/').to_owned(),
+            token: None,
+            user_id: None,
+        }
+    }
+
+    /// The same client, using `token` for its calls.
+    pub fn with_token(mut self, token: impl Into<String>, user_id: UserId) -> Self {
+        self.token = Some(token.into());
+        self.user_id = Some(user_id);
+        self
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The bearer token, once logged in.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The logged-in user.
+    pub fn user_id(&self) -> Option<UserId> {
+        self.user_id
+    }
+
+    /// `POST /api/v1/users`.
+    pub async fn register(&self, username: &str, password: &str) -> Result<UserCreated, ClientError> {
+        let body = Credentials {
+            username: username.into(),
+            password: password.into(),
+        };
+        decode(self.request(Method::POST, "/api/v1/users").json(&body).send().await?).await
+    }
+
+    /// `POST /api/v1/sessions`; keeps the token for later calls.
+    pub async fn login(&mut self, username: &str, password: &str) -> Result<SessionCreated, ClientError> {
+        let body = Credentials {
+            username: username.into(),
+            password: password.into(),
+        };
+        let session: SessionCreated = decode(
+            self.request(Method::POST, "/api/v1/sessions")
+                .json(&body)
+                .send()
+                .await?,
+        )
+        .await?;
+        self.token = Some(session.token.clone());
+        self.user_id = Some(session.user_id);
+        Ok(session)
+    }
+
+    /// `DELETE /api/v1/sessions/current`.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        let response = self.authed(Method::DELETE, "/api/v1/sessions/current")?.send().await?;
+        check(response).await.map(drop)
+    }
+
+    /// `GET /api/v1/users/by-username/{username}`.
+    pub async fn user_by_username(&self, username: &str) -> Result<UserSummary, ClientError> {
+        let path = format!("/api/v1/users/by-username/{username}");
+        decode(self.authed(Method::GET, &path)?.send().await?).await
+    }
+
+    /// `GET /api/v1/users/{user_id}/status`.
+    pub async fn status(&self, user: UserId) -> Result<PresenceView, ClientError> {
+        decode(
+            self.authed(Method::GET, &format!("/api/v1/users/{user}/status"))?
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/messages/{user_id}` with raw query parameters
+    /// (`before`, `after`, `limit`).
+    pub async fn history(&self, peer: UserId, query: &[(&str, String)]) -> Result<HistoryPage, ClientError> {
+        let request = self
+            .authed(Method::GET, &format!("/api/v1/messages/{peer}"))?
+            .query(query);
+        decode(request.send().await?).await
+    }
+
+    /// `GET /api/v1/conversations`.
+    pub async fn conversations(&self) -> Result<ConversationList, ClientError> {
+        decode(self.authed(Method::GET, "/api/v1/conversations")?.send().await?).await
+    }
+
+    /// Opens the WebSocket and waits for `connected`.
+    pub async fn connect(&self) -> Result<Connection, ClientError> {
+        let token = self.token.as_deref().ok_or(ClientError::NotLoggedIn)?;
+        Connection::open(&self.base, token).await
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    fn authed(&self, method: Method, path: &str) -> Result<RequestBuilder, ClientError> {
+        let token = self.token.as_deref().ok_or(ClientError::NotLoggedIn)?;
+        Ok(self.request(method, path).bearer_auth(token))
+    }
+}
+
+async fn check(response: Response) -> Result<Response, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = response.text().await?;
+    Err(match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => ClientError::Api {
+            status: status.as_u16(),
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: ErrorCode::Internal,
+            message: text,
+        },
+    })
+}
+
+async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, ClientError> {
+    let bytes = check(response).await?.bytes().await?;
+    Ok(serde_json::from_slice(&bytes)?)
+}

@@ -1,0 +1,117 @@
+//! `dyad serve`: flags and environment variables to a running server.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use dyad_server::Config;
+use tracing_subscriber::EnvFilter;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 30s, 500ms or 5m)"))
+}
+
+/// Flags of `dyad serve`. Each also reads the environment variable named.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "DYAD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Message store: sqlite://PATH (default; relative paths are relative to
+    /// the working directory).
+    #[arg(long, env = "DYAD_DATABASE", default_value = "sqlite://dyad-data/dyad.db")]
+    database: String,
+    /// How long a user stays online after their last connection closes.
+    #[arg(long, env = "DYAD_PRESENCE_GRACE", default_value = "30s", value_parser = duration)]
+    presence_grace: Duration,
+    /// How often the server pings each WebSocket; two silent intervals close it.
+    #[arg(long, env = "DYAD_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = duration)]
+    heartbeat_interval: Duration,
+    /// Flood control: messages per second per user (all its connections); 0 turns it off.
+    #[arg(long, env = "DYAD_RATE_LIMIT", default_value_t = 20)]
+    rate_limit: u32,
+    /// Flood control: burst capacity per user.
+    #[arg(long, env = "DYAD_RATE_BURST", default_value_t = 40)]
+    rate_burst: u32,
+    /// Longest message, in characters.
+    #[arg(long, env = "DYAD_MAX_MESSAGE_CHARS", default_value_t = 4096)]
+    max_message_chars: usize,
+    /// Largest WebSocket frame, in bytes.
+    #[arg(long, env = "DYAD_MAX_FRAME_BYTES", default_value_t = 65536)]
+    max_frame_bytes: usize,
+    /// Frames queued for one connection before it counts as a slow consumer
+    /// and is disconnected (its messages stay pending).
+    #[arg(long, env = "DYAD_OUTBOUND_QUEUE", default_value_t = 1024)]
+    outbound_queue: usize,
+    /// How long a session token lives.
+    #[arg(long, env = "DYAD_TOKEN_TTL", default_value = "30days", value_parser = duration)]
+    token_ttl: Duration,
+    /// Size of each WebSocket's read and write buffers, in bytes.
+    #[arg(long, env = "DYAD_WS_BUFFER_BYTES", default_value_t = 4096)]
+    ws_buffer_bytes: usize,
+    /// Most writes the group commit puts in one transaction.
+    #[arg(long, env = "DYAD_MAX_BATCH", default_value_t = 1024)]
+    max_batch: usize,
+    /// Log filter, e.g. info or dyad_server=debug.
+    #[arg(long, env = "DYAD_LOG", default_value = "info")]
+    log: String,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Config {
+        Config {
+            presence_grace: self.presence_grace,
+            heartbeat_interval: self.heartbeat_interval,
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            max_message_chars: self.max_message_chars,
+            max_frame_bytes: self.max_frame_bytes,
+            outbound_queue: self.outbound_queue,
+            token_ttl: self.token_ttl,
+            ws_buffer_bytes: self.ws_buffer_bytes,
+            max_batch: self.max_batch,
+        }
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log).context("bad --log filter")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let store = dyad_store::open(&args.database).with_context(|| format!("opening {}", args.database))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // One line on stdout that scripts (and the crash test) can read.
+    println!("dyad listening on http://{addr}");
+    tracing::info!(%addr, database = %args.database, "serving");
+    dyad_server::serve(listener, args.config(), store, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

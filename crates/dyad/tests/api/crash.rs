@@ -1,0 +1,148 @@
+//! The crash test: the real binary, killed with SIGKILL right after acks.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+
+use dyad_client::Client;
+use dyad_client::protocol::{MessageId, ServerEvent, UserId};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+struct Process {
+    child: Child,
+    base: String,
+}
+
+async fn start(db: &Path) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dyad"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--log", "warn"])
+        .arg("--database")
+        .arg(format!("sqlite://{}", db.display()))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let base = line.strip_prefix("dyad listening on ").unwrap().to_owned();
+    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
+    Process { child, base }
+}
+
+async fn all_history(client: &Client, peer: UserId) -> Vec<(MessageId, i64, String)> {
+    let mut out = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut q = vec![("limit", "100".to_owned())];
+        if let Some(b) = before {
+            q.push(("before", b.to_string()));
+        }
+        let page = client.history(peer, &q).await.unwrap();
+        before = page.messages.last().map(|m| m.timestamp);
+        out.extend(page.messages.into_iter().map(|m| (m.message_id, m.seq, m.message)));
+        if !page.has_more {
+            return out;
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_acked_message_survives_kill_9_and_retries_are_not_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    let mut process = start(&db).await;
+    let mut alice = Client::new(&process.base);
+    alice.register("alice", PASSWORD).await.unwrap();
+    alice.login("alice", PASSWORD).await.unwrap();
+    let bob = alice.register("bob", PASSWORD).await.unwrap().user_id;
+
+    const TOTAL: usize = 400;
+    let mut conn = alice.connect().await.unwrap();
+    assert!(matches!(
+        conn.next_event().await.unwrap(),
+        ServerEvent::PendingComplete { count: 0 }
+    ));
+    for i in 0..TOTAL {
+        conn.send_message(bob, &format!("message {i}"), Some(&format!("key-{i}")))
+            .await
+            .unwrap();
+    }
+    // Kill as soon as part of the acks are in; later sends are mid-flight.
+    let mut acked: HashMap<String, (MessageId, i64)> = HashMap::new();
+    while acked.len() < TOTAL / 4 {
+        if let ServerEvent::MessageAck {
+            client_msg_id,
+            message_id,
+            seq,
+            ..
+        } = conn.next_event().await.unwrap()
+        {
+            acked.insert(client_msg_id.unwrap(), (message_id, seq));
+        }
+    }
+    process.child.start_kill().unwrap();
+    process.child.wait().await.unwrap();
+    // Acks that were already on the wire when it died count too.
+    while let Ok(ServerEvent::MessageAck {
+        client_msg_id,
+        message_id,
+        seq,
+        ..
+    }) = conn.next_event().await
+    {
+        acked.insert(client_msg_id.unwrap(), (message_id, seq));
+    }
+
+    let process = start(&db).await;
+    let mut alice = Client::new(&process.base);
+    alice.login("alice", PASSWORD).await.unwrap();
+    let stored = all_history(&alice, bob).await;
+    let by_id: HashMap<MessageId, i64> = stored.iter().map(|(id, seq, _)| (*id, *seq)).collect();
+    for (key, (id, seq)) in &acked {
+        assert_eq!(by_id.get(id), Some(seq), "acked {key} ({id}) must survive with its seq");
+    }
+    let mut seqs: Vec<i64> = stored.iter().map(|(_, seq, _)| *seq).collect();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (1..=stored.len() as i64).collect::<Vec<_>>(),
+        "gap-free after the crash"
+    );
+
+    // The client retries everything; nothing is stored twice.
+    let mut conn = alice.connect().await.unwrap();
+    assert!(matches!(
+        conn.next_event().await.unwrap(),
+        ServerEvent::PendingComplete { count: 0 }
+    ));
+    for i in 0..TOTAL {
+        conn.send_message(bob, &format!("message {i}"), Some(&format!("key-{i}")))
+            .await
+            .unwrap();
+    }
+    let mut answered = 0;
+    while answered < TOTAL {
+        if let ServerEvent::MessageAck {
+            client_msg_id,
+            message_id,
+            ..
+        } = conn.next_event().await.unwrap()
+        {
+            if let Some((original, _)) = acked.get(&client_msg_id.unwrap()) {
+                assert_eq!(*original, message_id, "a retry gets the original message_id");
+            }
+            answered += 1;
+        }
+    }
+    let stored = all_history(&alice, bob).await;
+    assert_eq!(stored.len(), TOTAL, "each client_msg_id stored exactly once");
+    drop(process);
+}

@@ -1,0 +1,273 @@
+//! The test harness: `TestServer::spawn()` starts a real server and hands out
+//! logged-in users; `TestConn` wraps a WebSocket with typed expectations.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dyad_client::protocol::events::{ErrorEvent, PresenceView};
+use dyad_client::protocol::{ErrorCode, MessageId, MessageView, ServerEvent, UserId};
+use dyad_client::{Client, ClientError, Connection};
+use dyad_server::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long any single expectation waits before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+pub const PASSWORD: &str = "correct horse";
+
+pub fn test_config() -> Config {
+    Config {
+        presence_grace: Duration::from_millis(400),
+        ..Config::default()
+    }
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub db_path: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn spawn() -> TestServer {
+        Self::spawn_with(test_config()).await
+    }
+
+    pub async fn spawn_with(config: Config) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("dyad.db");
+        let mut server = Self::spawn_at(&db_path, config).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// A server on an existing database file (for restarts).
+    pub async fn spawn_at(db_path: &Path, config: Config) -> TestServer {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_env_filter("debug").try_init();
+        }
+        let store = dyad_store::open(&format!("sqlite://{}", db_path.display())).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            dyad_server::serve(listener, config, store, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer {
+            base,
+            db_path: db_path.to_owned(),
+            _dir: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.base)
+    }
+
+    /// Registers `name` and logs in.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let client = self.client();
+        client.register(name, PASSWORD).await.unwrap();
+        self.login(name).await
+    }
+
+    /// Logs in as an existing user (a new session).
+    pub async fn login(&self, name: &str) -> TestUser {
+        let mut client = self.client();
+        let session = client.login(name, PASSWORD).await.unwrap();
+        TestUser {
+            client,
+            id: session.user_id,
+        }
+    }
+
+    /// Stops the server cleanly and waits until it has.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server did not stop")
+                .unwrap();
+        }
+    }
+
+    /// Stops the server but keeps its database directory alive.
+    pub async fn stop_keep(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
+        self.shutdown().await;
+        (self.db_path.clone(), self._dir.take())
+    }
+}
+
+pub struct TestUser {
+    pub client: Client,
+    pub id: UserId,
+}
+
+impl TestUser {
+    /// Opens a WebSocket and reads through its replay, which must be empty.
+    pub async fn connect(&self) -> TestConn {
+        let mut conn = self.connect_raw().await;
+        let replayed = conn.replay().await;
+        assert!(replayed.is_empty(), "unexpected pending messages: {replayed:?}");
+        conn
+    }
+
+    /// Opens a WebSocket without reading anything past `connected`.
+    pub async fn connect_raw(&self) -> TestConn {
+        TestConn(
+            tokio::time::timeout(WAIT, self.client.connect())
+                .await
+                .expect("connect timed out")
+                .unwrap(),
+        )
+    }
+
+    /// Sends one message on a fresh connection and returns its ack.
+    pub async fn history(&self, peer: UserId, query: &[(&str, String)]) -> Vec<MessageView> {
+        self.client.history(peer, query).await.unwrap().messages
+    }
+}
+
+pub struct Ack {
+    pub client_msg_id: Option<String>,
+    pub message_id: MessageId,
+    pub seq: i64,
+    pub timestamp: i64,
+}
+
+pub struct TestConn(pub Connection);
+
+impl TestConn {
+    pub async fn next(&mut self) -> ServerEvent {
+        match tokio::time::timeout(WAIT, self.0.next_event()).await {
+            Ok(Ok(event)) => event,
+            Ok(Err(e)) => panic!("connection failed: {e}"),
+            Err(_) => panic!("no event within {WAIT:?}"),
+        }
+    }
+
+    /// The next event, or the close frame's (code, reason).
+    pub async fn next_or_close(&mut self) -> Result<ServerEvent, (u16, String)> {
+        match tokio::time::timeout(WAIT, self.0.next_event()).await {
+            Ok(Ok(event)) => Ok(event),
+            Ok(Err(ClientError::Closed { code, reason })) => Err((code, reason)),
+            Ok(Err(e)) => panic!("connection failed: {e}"),
+            Err(_) => panic!("no event within {WAIT:?}"),
+        }
+    }
+
+    /// Reads until the connection closes, returning the close code.
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            if let Err((code, _)) = self.next_or_close().await {
+                return code;
+            }
+        }
+    }
+
+    /// Reads the replay that opens a connection: its messages, in order.
+    pub async fn replay(&mut self) -> Vec<MessageView> {
+        let mut messages = Vec::new();
+        loop {
+            match self.next().await {
+                ServerEvent::ReceiveMessage(m) => messages.push(m),
+                ServerEvent::PendingComplete { count } => {
+                    assert_eq!(count as usize, messages.len(), "pending_complete count");
+                    return messages;
+                }
+                other => panic!("unexpected event during replay: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn send(&mut self, to: UserId, text: &str, key: Option<&str>) {
+        self.0.send_message(to, text, key).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.0.send_raw(text).await.unwrap();
+    }
+
+    pub async fn ack(&mut self, ids: Vec<MessageId>) {
+        self.0.delivery_ack(ids).await.unwrap();
+    }
+
+    pub async fn expect_ack(&mut self) -> Ack {
+        match self.next().await {
+            ServerEvent::MessageAck {
+                client_msg_id,
+                message_id,
+                seq,
+                timestamp,
+                ..
+            } => Ack {
+                client_msg_id,
+                message_id,
+                seq,
+                timestamp,
+            },
+            other => panic!("expected message_ack, got {other:?}"),
+        }
+    }
+
+    pub async fn send_and_ack(&mut self, to: UserId, text: &str, key: &str) -> Ack {
+        self.send(to, text, Some(key)).await;
+        self.expect_ack().await
+    }
+
+    pub async fn expect_message(&mut self) -> MessageView {
+        match self.next().await {
+            ServerEvent::ReceiveMessage(m) => m,
+            other => panic!("expected receive_message, got {other:?}"),
+        }
+    }
+
+    pub async fn expect_delivered(&mut self) -> MessageId {
+        match self.next().await {
+            ServerEvent::MessageDelivered { message_id, .. } => message_id,
+            other => panic!("expected message_delivered, got {other:?}"),
+        }
+    }
+
+    pub async fn expect_error(&mut self, code: ErrorCode) -> ErrorEvent {
+        match self.next().await {
+            ServerEvent::Error(e) if e.code == code => e,
+            other => panic!("expected error {code}, got {other:?}"),
+        }
+    }
+
+    pub async fn expect_presence(&mut self) -> PresenceView {
+        match self.next().await {
+            ServerEvent::Presence(p) => p,
+            other => panic!("expected presence, got {other:?}"),
+        }
+    }
+
+    /// Asserts that nothing arrives for `d` (a ping round trip proves the
+    /// link is alive, so silence means silence).
+    pub async fn expect_silence(&mut self, d: Duration) {
+        if let Ok(result) = tokio::time::timeout(d, self.0.next_event()).await {
+            panic!("expected silence, got {result:?}");
+        }
+        self.0.send(&dyad_client::protocol::ClientEvent::Ping {}).await.unwrap();
+        match self.next().await {
+            ServerEvent::Pong {} => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests: the real server on port 0 with a fresh SQLite file,
+//! driven through the project's client crate. One test binary, one module
+//! per area.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod accounts;
+mod crash;
+mod errors;
+mod helpers;
+mod history;
+mod lifecycle;
+mod messaging;
+mod presence;

@@ -1,0 +1,164 @@
+//! Presence: subscriptions, the grace period, flapping, last_seen, typing.
+
+use std::time::Duration;
+
+use dyad_client::protocol::events::PresenceStatus;
+use dyad_client::protocol::{ClientEvent, ServerEvent, UserId};
+use dyad_server::clock::now_ms;
+
+use crate::helpers::*;
+
+async fn subscribe(conn: &mut TestConn, users: Vec<UserId>) {
+    conn.0
+        .send(&ClientEvent::SubscribePresence { user_ids: users })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn watchers_see_online_then_offline_after_the_grace_period() {
+    let server = TestServer::spawn().await; // grace 400 ms
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let mut a = alice.connect().await;
+    subscribe(&mut a, vec![bob.id]).await;
+    let now = a.expect_presence().await;
+    assert_eq!(
+        (now.user_id, now.status, now.last_seen),
+        (bob.id, PresenceStatus::Offline, None)
+    );
+
+    let b = bob.connect().await;
+    let online = a.expect_presence().await;
+    assert_eq!((online.status, online.last_seen), (PresenceStatus::Online, None));
+    assert_eq!(
+        alice.client.status(bob.id).await.unwrap().status,
+        PresenceStatus::Online
+    );
+
+    let closed_before = now_ms();
+    b.0.close().await.unwrap();
+    // Still online within the grace period...
+    a.expect_silence(Duration::from_millis(150)).await;
+    assert_eq!(
+        alice.client.status(bob.id).await.unwrap().status,
+        PresenceStatus::Online
+    );
+    // ...then offline, last seen when the connection closed (not when grace ended).
+    let offline = a.expect_presence().await;
+    assert_eq!(offline.status, PresenceStatus::Offline);
+    let seen = offline.last_seen.unwrap();
+    assert!(
+        seen >= closed_before - 5 && seen < closed_before + 300,
+        "last_seen {seen} vs close {closed_before}"
+    );
+    let status = alice.client.status(bob.id).await.unwrap();
+    assert_eq!((status.status, status.last_seen), (PresenceStatus::Offline, Some(seen)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_within_the_grace_period_is_not_seen() {
+    let server = TestServer::spawn().await;
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let b = bob.connect().await;
+    let mut a = alice.connect().await;
+    subscribe(&mut a, vec![bob.id]).await;
+    assert_eq!(a.expect_presence().await.status, PresenceStatus::Online);
+    // Flap three times, each well inside the grace period.
+    let mut b = Some(b);
+    for _ in 0..3 {
+        b.take().unwrap().0.close().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b = Some(bob.connect().await);
+    }
+    a.expect_silence(Duration::from_millis(800)).await;
+    assert_eq!(
+        alice.client.status(bob.id).await.unwrap().status,
+        PresenceStatus::Online
+    );
+    drop(b);
+    assert_eq!(a.expect_presence().await.status, PresenceStatus::Offline);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_last_of_several_devices_decides() {
+    let server = TestServer::spawn().await;
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let mut a = alice.connect().await;
+    subscribe(&mut a, vec![bob.id]).await;
+    a.expect_presence().await;
+    let laptop = bob.connect().await;
+    let phone = bob.connect().await;
+    assert_eq!(a.expect_presence().await.status, PresenceStatus::Online);
+    laptop.0.close().await.unwrap();
+    a.expect_silence(Duration::from_millis(700)).await; // the phone is still there
+    phone.0.close().await.unwrap();
+    assert_eq!(a.expect_presence().await.status, PresenceStatus::Offline);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unsubscribed_and_unknown_users_send_nothing() {
+    let server = TestServer::spawn().await;
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let mut a = alice.connect().await;
+    subscribe(&mut a, vec![UserId(4242)]).await;
+    subscribe(&mut a, vec![bob.id]).await;
+    assert_eq!(
+        a.expect_presence().await.user_id,
+        bob.id,
+        "no event for the unknown user"
+    );
+    a.0.send(&ClientEvent::UnsubscribePresence { user_ids: vec![bob.id] })
+        .await
+        .unwrap();
+    let _b = bob.connect().await;
+    a.expect_silence(Duration::from_millis(200)).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_status_call_answers_for_any_user_and_404_for_none() {
+    let server = TestServer::spawn().await;
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let never = alice.client.status(bob.id).await.unwrap();
+    assert_eq!(
+        (never.user_id, never.status, never.last_seen),
+        (bob.id, PresenceStatus::Offline, None)
+    );
+    match alice.client.status(UserId(777)).await {
+        Err(dyad_client::ClientError::Api { status: 404, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn typing_is_relayed_to_every_device_of_the_recipient_and_never_stored() {
+    let server = TestServer::spawn().await;
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let mut a = alice.connect().await;
+    let mut b1 = bob.connect().await;
+    let mut b2 = bob.connect().await;
+    a.0.send(&ClientEvent::Typing { recipient_id: bob.id }).await.unwrap();
+    for b in [&mut b1, &mut b2] {
+        match b.next().await {
+            ServerEvent::Typing { sender_id } => assert_eq!(sender_id, alice.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(alice.history(bob.id, &[]).await.is_empty());
+    // A flood of typing events is cut down, not passed on.
+    for _ in 0..200 {
+        a.0.send(&ClientEvent::Typing { recipient_id: bob.id }).await.unwrap();
+    }
+    let mut relayed = 0;
+    while let Ok(Ok(ServerEvent::Typing { .. })) =
+        tokio::time::timeout(Duration::from_millis(300), b1.0.next_event()).await
+    {
+        relayed += 1;
+    }
+    assert!((5..=20).contains(&relayed), "relayed {relayed} of 200");
+    server.stop().await;
+}

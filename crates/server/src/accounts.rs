@@ -1,0 +1,262 @@
+//! Accounts and sessions: registration, login with a per-username throttle,
+//! bearer tokens, logout.
+//!
+//! Passwords are hashed with argon2id. Hashing is slow on purpose, so it runs
+//! in the blocking pool behind a semaphore: a login flood can take at most one
+//! core, never the cores that carry messages.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use dyad_protocol::rest::{SessionCreated, UserCreated};
+use dyad_store::{MessageStore, NewSession, SessionRecord, TokenHash};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::clock::now_ms;
+use crate::domain::{Password, Username};
+use crate::errors::ApiError;
+
+/// Failed logins allowed per username before the throttle starts.
+const FREE_FAILURES: u32 = 5;
+/// The longest a throttled username must wait.
+const MAX_LOCKOUT: Duration = Duration::from_secs(300);
+/// Failures older than this are forgotten.
+const FAILURE_MEMORY: Duration = Duration::from_secs(900);
+/// Most usernames the throttle tracks at once (bounds its memory).
+const MAX_TRACKED: usize = 100_000;
+
+/// The account service.
+pub struct Accounts {
+    store: Arc<dyn MessageStore>,
+    hashing: Semaphore,
+    throttle: LoginThrottle,
+    token_ttl: Duration,
+    /// Verified against when a username does not exist, so that a missing
+    /// account takes as long to refuse as a wrong password.
+    decoy_hash: String,
+}
+
+impl Accounts {
+    /// A service over `store`, issuing tokens that live `token_ttl`.
+    pub fn new(store: Arc<dyn MessageStore>, token_ttl: Duration) -> Result<Self, ApiError> {
+        let decoy_hash = hash_password(random_token()?.as_bytes())?;
+        Ok(Accounts {
+            store,
+            hashing: Semaphore::new(1),
+            throttle: LoginThrottle::default(),
+            token_ttl,
+            decoy_hash,
+        })
+    }
+
+    /// `POST /api/v1/users`.
+    pub async fn register(&self, username: &str, password: &str) -> Result<UserCreated, ApiError> {
+        let username = Username::parse(username)?;
+        let password = Password::parse(password)?;
+        if self.store.user_by_username(username.as_str()).await?.is_some() {
+            return Err(ApiError::UsernameTaken);
+        }
+        let hash = {
+            let _permit = self
+                .hashing
+                .acquire()
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let pw = password.clone();
+            tokio::task::spawn_blocking(move || hash_password(pw.as_bytes()))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??
+        };
+        let user = self.store.create_user(username.as_str(), &hash, now_ms()).await?;
+        tracing::info!(user_id = %user.id, username = %user.username, "user registered");
+        Ok(UserCreated {
+            user_id: user.id,
+            username: user.username,
+            created_at: user.created_at,
+        })
+    }
+
+    /// `POST /api/v1/sessions`.
+    pub async fn login(&self, username: &str, password: &str) -> Result<SessionCreated, ApiError> {
+        // Names that cannot exist are refused like wrong passwords, and throttled alike.
+        let key = username.to_ascii_lowercase();
+        self.throttle.check(&key)?;
+        let user = match Username::parse(username) {
+            Ok(name) => self.store.user_by_username(name.as_str()).await?,
+            Err(_) => None,
+        };
+        let stored_hash = user
+            .as_ref()
+            .map_or(self.decoy_hash.clone(), |u| u.password_hash.clone());
+        let verified = {
+            let _permit = self
+                .hashing
+                .acquire()
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let password = password.to_owned();
+            tokio::task::spawn_blocking(move || verify_password(&password, &stored_hash))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+        };
+        let Some(user) = user.filter(|_| verified) else {
+            self.throttle.record_failure(&key);
+            return Err(ApiError::InvalidCredentials);
+        };
+        self.throttle.forget(&key);
+        let token = random_token()?;
+        let now = now_ms();
+        let expires_at = now.saturating_add(self.token_ttl.as_millis() as i64);
+        let session = self
+            .store
+            .create_session(NewSession {
+                user_id: user.id,
+                token_hash: token_hash(&token),
+                created_at: now,
+                expires_at,
+            })
+            .await?;
+        tracing::info!(user_id = %user.id, session = session.id.0, "session created");
+        Ok(SessionCreated {
+            token,
+            user_id: user.id,
+            expires_at,
+        })
+    }
+
+    /// The live session a bearer token names, or `unauthorized`.
+    pub async fn authenticate(&self, token: &str) -> Result<SessionRecord, ApiError> {
+        if token.is_empty() || token.len() > 256 {
+            return Err(ApiError::Unauthorized);
+        }
+        self.store
+            .session_by_token(&token_hash(token), now_ms())
+            .await?
+            .ok_or(ApiError::Unauthorized)
+    }
+
+    /// Revokes the session. Closing its sockets is the caller's part.
+    pub async fn logout(&self, session: &SessionRecord) -> Result<(), ApiError> {
+        self.store.revoke_session(session.id).await?;
+        Ok(())
+    }
+}
+
+/// A new random token: 256 bits, URL-safe base64.
+fn random_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::Internal(format!("random generator failed: {e}")))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Tokens are random and long, so a fast hash is enough to keep them safe at rest.
+fn token_hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn hash_password(password: &[u8]) -> Result<String, ApiError> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| ApiError::Internal(format!("random generator failed: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::Internal(format!("salt: {e}")))?;
+    Argon2::default()
+        .hash_password(password, &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(format!("hashing failed: {e}")))
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// Per-username failed-login counter. After [`FREE_FAILURES`] failures each
+/// further attempt must wait twice as long as the last, up to [`MAX_LOCKOUT`].
+/// A successful login clears the count; successful logins are never delayed
+/// unless the name is already locked.
+#[derive(Default)]
+struct LoginThrottle {
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+impl Failures {
+    fn locked_until(&self) -> Option<Instant> {
+        let over = self.count.checked_sub(FREE_FAILURES)?;
+        let wait = Duration::from_secs(1u64 << over.min(16)).min(MAX_LOCKOUT);
+        Some(self.last + wait)
+    }
+}
+
+impl LoginThrottle {
+    fn check(&self, key: &str) -> Result<(), ApiError> {
+        let map = self
+            .failures
+            .lock()
+            .map_err(|_| ApiError::Internal("throttle lock poisoned".into()))?;
+        if let Some(until) = map.get(key).and_then(Failures::locked_until) {
+            let now = Instant::now();
+            if until > now {
+                return Err(ApiError::TooManyAttempts(until - now));
+            }
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, key: &str) {
+        let Ok(mut map) = self.failures.lock() else { return };
+        let now = Instant::now();
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
+        }
+        if map.len() >= MAX_TRACKED && !map.contains_key(key) {
+            return;
+        }
+        let entry = map.entry(key.to_owned()).or_insert(Failures { count: 0, last: now });
+        if now.duration_since(entry.last) >= FAILURE_MEMORY {
+            entry.count = 0;
+        }
+        entry.count += 1;
+        entry.last = now;
+    }
+
+    fn forget(&self, key: &str) {
+        if let Ok(mut map) = self.failures.lock() {
+            map.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_starts_after_the_free_failures_and_a_success_clears_it() {
+        let t = LoginThrottle::default();
+        for _ in 0..FREE_FAILURES {
+            assert!(t.check("bob").is_ok());
+            t.record_failure("bob");
+        }
+        assert!(matches!(t.check("bob"), Err(ApiError::TooManyAttempts(_))));
+        assert!(t.check("alice").is_ok(), "other names are not affected");
+        t.forget("bob");
+        assert!(t.check("bob").is_ok());
+    }
+
+    #[test]
+    fn tokens_are_long_and_distinct() {
+        let (a, b) = (random_token().unwrap_or_default(), random_token().unwrap_or_default());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert_ne!(token_hash(&a), token_hash(&b));
+    }
+}

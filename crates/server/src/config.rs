@@ -1,0 +1,46 @@
+//! The server's settings. The binary fills them from flags and environment
+//! variables; tests build them directly.
+
+use std::time::Duration;
+
+/// Everything a running server can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a user stays online after their last connection closes.
+    pub presence_grace: Duration,
+    /// How often the server pings each WebSocket; two silent intervals close it.
+    pub heartbeat_interval: Duration,
+    /// Flood control: `send_message` tokens per second per user; 0 turns it off.
+    pub rate_limit: u32,
+    /// Flood control: bucket capacity per user.
+    pub rate_burst: u32,
+    /// Longest message, in characters.
+    pub max_message_chars: usize,
+    /// Largest WebSocket frame, in bytes; larger frames get `frame_too_large`.
+    pub max_frame_bytes: usize,
+    /// Frames a connection may have waiting before it counts as a slow consumer.
+    pub outbound_queue: usize,
+    /// How long a session token lives.
+    pub token_ttl: Duration,
+    /// Size of each WebSocket's read and write buffers.
+    pub ws_buffer_bytes: usize,
+    /// Most operations the group commit puts in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            presence_grace: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
+            rate_limit: 20,
+            rate_burst: 40,
+            max_message_chars: 4096,
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            token_ttl: Duration::from_secs(30 * 24 * 3600),
+            ws_buffer_bytes: 4 * 1024,
+            max_batch: 1024,
+        }
+    }
+}

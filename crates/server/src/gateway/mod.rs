@@ -1,0 +1,57 @@
+//! The gateway: the HTTP routes (REST, WebSocket upgrade, operations) over
+//! the services. Handlers stay thin: decode, call a service, encode.
+
+mod ops;
+mod rest;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::routing::{delete, get, post};
+use dyad_store::SessionRecord;
+
+use crate::App;
+use crate::errors::ApiError;
+
+/// Every route the server answers.
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/api/v1/users", post(rest::register))
+        .route("/api/v1/sessions", post(rest::login))
+        .route("/api/v1/sessions/current", delete(rest::logout))
+        .route("/api/v1/users/by-username/{username}", get(rest::user_by_username))
+        .route("/api/v1/users/{user_id}/status", get(rest::user_status))
+        .route("/api/v1/messages/{user_id}", get(rest::history))
+        .route("/api/v1/conversations", get(rest::conversations))
+        .route("/api/v1/ws", get(ws::upgrade))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(app)
+}
+
+/// The bearer token of a request, if its `Authorization` header has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The caller's live session; extracting it answers `401 unauthorized` when
+/// the token is missing, unknown, expired or revoked.
+pub(crate) struct Authed(pub SessionRecord);
+
+impl FromRequestParts<Arc<App>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        Ok(Authed(app.accounts.authenticate(token).await?))
+    }
+}

@@ -1,0 +1,529 @@
+//! One WebSocket session: a reader and a writer over the same socket, joined
+//! by the connection's bounded outbound queue.
+//!
+//! The writer sends `connected`, replays the undelivered messages up to the
+//! connection's `replay_upto`, sends `pending_complete`, then drains the queue
+//! and pings on the heartbeat. The reader decodes frames and hands them to the
+//! services. Either ending ends the session.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use dyad_protocol::events::{ErrorEvent, SendMessage};
+use dyad_protocol::{ErrorCode, MessageId, ServerEvent, UserId};
+use dyad_store::{NewMessage, SessionRecord, WriteOp};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::bearer;
+use crate::App;
+use crate::clock::now_ms;
+use crate::committer::{Submission, error_frame};
+use crate::domain::{ClientMsgId, MessageBody};
+use crate::errors::ApiError;
+use crate::hub::{CloseReason, Peer, encode};
+
+/// Undelivered messages read from the store per replay page.
+const REPLAY_PAGE: usize = 256;
+/// Most ids in one `delivery_ack`, `subscribe_presence` or `unsubscribe_presence`.
+const MAX_IDS: usize = 1000;
+/// Most users one connection may watch.
+const MAX_WATCHED: usize = 1000;
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+/// Frames the writer sends before one flush.
+const WRITE_BATCH: usize = 64;
+/// Frames larger than the limit by this factor end the connection (1009)
+/// instead of getting an `error` event.
+const HARD_FRAME_FACTOR: usize = 4;
+
+/// `GET /api/v1/ws`: authenticates, then upgrades. A bad token gets `401`
+/// before any upgrade.
+pub(crate) async fn upgrade(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let query_token = query.ok().and_then(|Query(q)| q.get("token").cloned());
+    let Some(token) = bearer(&headers).map(str::to_owned).or(query_token) else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let session = match app.accounts.authenticate(&token).await {
+        Ok(session) => session,
+        Err(e) => return e.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if app.shutdown.is_cancelled() {
+        return ApiError::Unavailable(dyad_store::StoreError::Closed).into_response();
+    }
+    let hard_limit = app.config.max_frame_bytes.saturating_mul(HARD_FRAME_FACTOR);
+    let tracker = app.connections.clone();
+    ws.read_buffer_size(app.config.ws_buffer_bytes)
+        .write_buffer_size(app.config.ws_buffer_bytes)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| tracker.track_future(session_main(socket, app, session)))
+}
+
+/// Milliseconds since the session started, for the silence check.
+struct LastHeard {
+    start: Instant,
+    at: AtomicI64,
+}
+
+impl LastHeard {
+    fn touch(&self) {
+        self.at
+            .store(self.start.elapsed().as_millis() as i64, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let at = self.at.load(Ordering::Relaxed).max(0) as u64;
+        self.start.elapsed().saturating_sub(Duration::from_millis(at))
+    }
+}
+
+async fn session_main(socket: WebSocket, app: Arc<App>, session: SessionRecord) {
+    let (tx, rx) = mpsc::channel(app.config.outbound_queue.max(1));
+    let peer = app.hub.register(session, tx);
+    tracing::debug!(connection = %peer.id, user_id = %peer.user_id, "connected");
+    let heard = LastHeard {
+        start: Instant::now(),
+        at: AtomicI64::new(0),
+    };
+    let (sink, mut stream) = socket.split();
+    tokio::select! {
+        () = write_loop(sink, rx, &peer, &app, &heard) => {}
+        () = read_loop(&mut stream, &peer, &app, &heard) => {}
+    }
+    app.hub.unregister(&peer);
+    if peer.close_reason().is_some() {
+        // We sent a close frame: read (and drop) until the client's close
+        // answers it, so that unread input does not make the kernel reset the
+        // connection and discard what we sent last.
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    tracing::debug!(connection = %peer.id, user_id = %peer.user_id, reason = ?peer.close_reason(), "disconnected");
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Utf8Bytes>, peer: &Arc<Peer>, app: &App, heard: &LastHeard) {
+    let connected = ServerEvent::Connected {
+        user_id: peer.user_id,
+        connection_id: peer.id,
+        heartbeat_interval_ms: app.config.heartbeat_interval.as_millis() as u64,
+        server_time: now_ms(),
+    };
+    if sink.send(Message::Text(encode(&connected))).await.is_err() {
+        return;
+    }
+    if replay(&mut sink, peer, app).await.is_err() {
+        return;
+    }
+    let beat = app.config.heartbeat_interval.max(Duration::from_millis(10));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    loop {
+        tokio::select! {
+            biased;
+            () = peer.closing().cancelled() => {
+                let reason = peer.close_reason().unwrap_or(CloseReason::SHUTDOWN);
+                if reason.drain {
+                    while let Ok(frame) = rx.try_recv() {
+                        if sink.feed(Message::Text(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let close = CloseFrame { code: reason.code, reason: reason.reason.into() };
+                let _ = sink.send(Message::Close(Some(close))).await;
+                return;
+            }
+            frame = rx.recv() => {
+                let Some(frame) = frame else { return };
+                if sink.feed(Message::Text(frame)).await.is_err() {
+                    return;
+                }
+                for _ in 1..WRITE_BATCH {
+                    let Ok(frame) = rx.try_recv() else { break };
+                    if sink.feed(Message::Text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            _ = heartbeat.tick() => {
+                if heard.silent_for() > beat * 2 {
+                    peer.close(CloseReason::HEARTBEAT_TIMEOUT);
+                } else if peer.session.expires_at <= now_ms() {
+                    peer.close(CloseReason::EXPIRED);
+                } else if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sends every undelivered message up to `replay_upto`, oldest first, then
+/// `pending_complete`.
+async fn replay(sink: &mut Sink, peer: &Peer, app: &App) -> Result<(), ()> {
+    let mut after = MessageId(0);
+    let mut count = 0u64;
+    loop {
+        if peer.closing().is_cancelled() {
+            return Ok(());
+        }
+        let page = match app
+            .store
+            .pending(peer.user_id, after, peer.replay_upto, REPLAY_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, user_id = %peer.user_id, "replay failed");
+                peer.close(CloseReason::INTERNAL);
+                return Ok(());
+            }
+        };
+        let full = page.len() == REPLAY_PAGE;
+        for message in page {
+            after = message.id;
+            count += 1;
+            sink.feed(Message::Text(encode(&ServerEvent::ReceiveMessage(message.view()))))
+                .await
+                .map_err(|_| ())?;
+        }
+        if !full {
+            break;
+        }
+    }
+    sink.send(Message::Text(encode(&ServerEvent::PendingComplete { count })))
+        .await
+        .map_err(|_| ())
+}
+
+async fn read_loop(stream: &mut SplitStream<WebSocket>, peer: &Arc<Peer>, app: &App, heard: &LastHeard) {
+    let mut typing = TypingBudget::new();
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            () = app.shutdown.cancelled() => break,
+        };
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                tracing::debug!(connection = %peer.id, error = %e, "read failed");
+                if is_capacity_error(&e) {
+                    peer.close(CloseReason::TOO_LARGE);
+                    break;
+                }
+                return;
+            }
+            None => return,
+        };
+        heard.touch();
+        match message {
+            Message::Text(text) => handle_text(app, peer, text.as_str(), &mut typing).await,
+            Message::Binary(_) => refuse(
+                app,
+                peer,
+                ErrorCode::InvalidJson,
+                "frames must be text holding JSON".into(),
+                None,
+            ),
+            Message::Close(_) => return,
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+    // Stopped reading (shutdown, or a fatal frame): let the writer finish and close.
+    std::future::pending::<()>().await;
+}
+
+fn is_capacity_error(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    event: &'a str,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut TypingBudget) {
+    if text.len() > app.config.max_frame_bytes {
+        let limit = app.config.max_frame_bytes;
+        return refuse(
+            app,
+            peer,
+            ErrorCode::FrameTooLarge,
+            format!("frames are limited to {limit} bytes"),
+            None,
+        );
+    }
+    let envelope: Envelope<'_> = match serde_json::from_str(text) {
+        Ok(envelope) => envelope,
+        Err(e) if serde_json::from_str::<IgnoredAny>(text).is_err() => {
+            return refuse(app, peer, ErrorCode::InvalidJson, format!("not JSON: {e}"), None);
+        }
+        Err(_) => {
+            let why = r#"a frame is an object {"event": NAME, "data": {...}}"#.to_owned();
+            return refuse(app, peer, ErrorCode::InvalidPayload, why, None);
+        }
+    };
+    let data = envelope.data;
+    match envelope.event {
+        "send_message" => send_message(app, peer, data).await,
+        "delivery_ack" => {
+            let Some(ack) = parse::<AckData>(app, peer, data, "delivery_ack") else {
+                return;
+            };
+            if short_enough(app, peer, &ack.message_ids) && !ack.message_ids.is_empty() {
+                let op = WriteOp::Deliver {
+                    recipient_id: peer.user_id,
+                    message_ids: ack.message_ids,
+                };
+                let _ = app
+                    .commits
+                    .submit(Submission {
+                        op,
+                        origin: None,
+                        client_msg_id: None,
+                        slot: None,
+                    })
+                    .await;
+            }
+        }
+        "subscribe_presence" => {
+            let Some(users) = parse::<UsersData>(app, peer, data, "subscribe_presence") else {
+                return;
+            };
+            if short_enough(app, peer, &users.user_ids) {
+                subscribe(app, peer, users.user_ids).await;
+            }
+        }
+        "unsubscribe_presence" => {
+            let Some(users) = parse::<UsersData>(app, peer, data, "unsubscribe_presence") else {
+                return;
+            };
+            users.user_ids.into_iter().for_each(|u| app.hub.unwatch(peer, u));
+        }
+        "typing" => {
+            #[derive(Deserialize)]
+            struct Typing {
+                recipient_id: UserId,
+            }
+            let Some(t) = parse::<Typing>(app, peer, data, "typing") else {
+                return;
+            };
+            if typing.allow() && t.recipient_id != peer.user_id {
+                let frame = encode(&ServerEvent::Typing {
+                    sender_id: peer.user_id,
+                });
+                if !app.hub.relay(t.recipient_id, &frame)
+                    && matches!(app.store.user_by_id(t.recipient_id).await, Ok(None))
+                {
+                    refuse(app, peer, ErrorCode::UnknownRecipient, "no such recipient".into(), None);
+                }
+            }
+        }
+        "ping" => peer.push(encode(&ServerEvent::Pong {})),
+        other => {
+            let name: String = other.chars().take(64).collect();
+            refuse(
+                app,
+                peer,
+                ErrorCode::UnknownEvent,
+                format!("unknown event {name:?}"),
+                None,
+            );
+        }
+    }
+}
+
+async fn send_message(app: &App, peer: &Arc<Peer>, data: Option<&RawValue>) {
+    let msg: SendMessage = match serde_json::from_str(data.map_or("{}", RawValue::get)) {
+        Ok(msg) => msg,
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct JustTheKey {
+                client_msg_id: Option<String>,
+            }
+            let key = data
+                .and_then(|d| serde_json::from_str::<JustTheKey>(d.get()).ok())
+                .and_then(|k| k.client_msg_id);
+            return refuse(app, peer, ErrorCode::InvalidPayload, format!("send_message: {e}"), key);
+        }
+    };
+    let raw_key = msg.client_msg_id.clone();
+    let key = match msg.client_msg_id.map(ClientMsgId::parse).transpose() {
+        Ok(key) => key.map(ClientMsgId::into_inner),
+        Err(code) => return refuse(app, peer, code, "client_msg_id must be 1-128 bytes".into(), raw_key),
+    };
+    let body = match MessageBody::parse(msg.message, app.config.max_message_chars) {
+        Ok(body) => body,
+        Err(ErrorCode::MessageTooLong) => {
+            let why = format!("messages are limited to {} characters", app.config.max_message_chars);
+            return refuse(app, peer, ErrorCode::MessageTooLong, why, key);
+        }
+        Err(code) => return refuse(app, peer, code, "the message is empty".into(), key),
+    };
+    if msg.recipient_id == peer.user_id {
+        return refuse(
+            app,
+            peer,
+            ErrorCode::UnknownRecipient,
+            "you cannot send a message to yourself".into(),
+            key,
+        );
+    }
+    if let Err(wait) = app.flood.take(peer.user_id) {
+        app.metrics.refused_frames.inc();
+        let retry_after_ms = (wait.as_millis() as u64).max(1);
+        return peer.push(encode(&ServerEvent::Error(ErrorEvent {
+            code: ErrorCode::RateLimited,
+            message: format!("too many messages; retry in {retry_after_ms} ms"),
+            client_msg_id: key,
+            retry_after_ms: Some(retry_after_ms),
+        })));
+    }
+    let op = WriteOp::Send(NewMessage {
+        sender_id: peer.user_id,
+        recipient_id: msg.recipient_id,
+        body: body.into_inner(),
+        client_msg_id: key.clone(),
+    });
+    let Ok(slot) = peer.sends_in_flight.clone().acquire_owned().await else {
+        return;
+    };
+    let submission = Submission {
+        op,
+        origin: Some(peer.clone()),
+        client_msg_id: key.clone(),
+        slot: Some(slot),
+    };
+    if app.commits.submit(submission).await.is_err() {
+        refuse(
+            app,
+            peer,
+            ErrorCode::Unavailable,
+            "the server is shutting down; nothing was stored".into(),
+            key,
+        );
+    }
+}
+
+async fn subscribe(app: &App, peer: &Arc<Peer>, users: Vec<UserId>) {
+    let watched = peer.watching.lock().map(|w| w.len()).unwrap_or(0);
+    if watched + users.len() > MAX_WATCHED {
+        let why = format!("a connection may watch at most {MAX_WATCHED} users");
+        return refuse(app, peer, ErrorCode::InvalidPayload, why, None);
+    }
+    for user in users {
+        app.hub.watch(peer, user);
+        match app.hub.presence(user).await {
+            Ok(Some(view)) => peer.push(encode(&ServerEvent::Presence(view))),
+            // Unknown users are not watched and get no event.
+            Ok(None) => app.hub.unwatch(peer, user),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence lookup failed");
+                return refuse(app, peer, ErrorCode::Unavailable, "storage unavailable".into(), None);
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AckData {
+    message_ids: Vec<MessageId>,
+}
+
+#[derive(Deserialize)]
+struct UsersData {
+    user_ids: Vec<UserId>,
+}
+
+/// Decodes `data`, or refuses the frame with `invalid_payload`.
+fn parse<T: DeserializeOwned>(app: &App, peer: &Peer, data: Option<&RawValue>, event: &str) -> Option<T> {
+    match serde_json::from_str(data.map_or("{}", RawValue::get)) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            refuse(app, peer, ErrorCode::InvalidPayload, format!("{event}: {e}"), None);
+            None
+        }
+    }
+}
+
+/// Refuses lists longer than [`MAX_IDS`]; true if the list may pass.
+fn short_enough<T>(app: &App, peer: &Peer, ids: &[T]) -> bool {
+    if ids.len() > MAX_IDS {
+        refuse(
+            app,
+            peer,
+            ErrorCode::InvalidPayload,
+            format!("at most {MAX_IDS} ids per frame"),
+            None,
+        );
+    }
+    ids.len() <= MAX_IDS
+}
+
+fn refuse(app: &App, peer: &Peer, code: ErrorCode, why: String, client_msg_id: Option<String>) {
+    app.metrics.refused_frames.inc();
+    peer.push(error_frame(code, &why, client_msg_id));
+}
+
+/// Typing relays per connection: a burst of 10, then 5 a second; the rest
+/// are dropped without a word (typing is ephemeral).
+struct TypingBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl TypingBudget {
+    fn new() -> Self {
+        TypingBudget {
+            tokens: 10.0,
+            at: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * 5.0).min(10.0);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The hub: every live connection on this node, by user; the presence that
+//! follows from them (online, grace, offline); and who watches whose presence.
+//!
+//! Ordering across a reconnect rests on one number, the *committed mark*: the
+//! highest message id whose batch has been committed and handed to the hub.
+//! A new connection is registered and reads the mark under the same lock that
+//! dispatch takes, so every message is either at or below the connection's
+//! `replay_upto` (and is replayed from the store if still undelivered) or
+//! above it (and arrives live), never both and never neither.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use dyad_protocol::events::{PresenceStatus, PresenceView};
+use dyad_protocol::{ConnectionId, MessageId, ServerEvent, UserId};
+use dyad_store::{MessageStore, SessionId, SessionRecord, StoreResult};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::metrics::Metrics;
+
+/// Why a connection is being closed, as its close frame will say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close frame text.
+    pub reason: &'static str,
+    /// Whether frames already queued go out before the close frame.
+    pub drain: bool,
+}
+
+impl CloseReason {
+    /// The server is stopping.
+    pub const SHUTDOWN: CloseReason = CloseReason {
+        code: 1001,
+        reason: "server shutting down",
+        drain: true,
+    };
+    /// The session was revoked (logout).
+    pub const REVOKED: CloseReason = CloseReason {
+        code: 1008,
+        reason: "session revoked",
+        drain: false,
+    };
+    /// The session expired.
+    pub const EXPIRED: CloseReason = CloseReason {
+        code: 1008,
+        reason: "session expired",
+        drain: false,
+    };
+    /// The outbound queue overflowed.
+    pub const SLOW_CONSUMER: CloseReason = CloseReason {
+        code: 1013,
+        reason: "slow consumer",
+        drain: false,
+    };
+    /// No frame for two heartbeat intervals.
+    pub const HEARTBEAT_TIMEOUT: CloseReason = CloseReason {
+        code: 4000,
+        reason: "heartbeat timeout",
+        drain: false,
+    };
+    /// A frame over the hard size limit.
+    pub const TOO_LARGE: CloseReason = CloseReason {
+        code: 1009,
+        reason: "frame too large",
+        drain: false,
+    };
+    /// The store failed while replaying.
+    pub const INTERNAL: CloseReason = CloseReason {
+        code: 1011,
+        reason: "internal error",
+        drain: false,
+    };
+}
+
+/// Most ids a connection remembers learning through a retried send.
+const MAX_LATE_KNOWN: usize = 10_000;
+
+/// One live WebSocket connection, as the rest of the server sees it.
+pub struct Peer {
+    /// Its id.
+    pub id: ConnectionId,
+    /// The authenticated user.
+    pub user_id: UserId,
+    /// The session whose token opened it.
+    pub session: SessionRecord,
+    /// Messages with ids up to here were committed before it registered.
+    pub replay_upto: MessageId,
+    /// Users whose presence it watches.
+    pub watching: Mutex<HashSet<UserId>>,
+    /// Sends that may await their ack at once: half the outbound queue, so
+    /// that a client pipelining sends can never overflow its own queue with
+    /// acks. A client that sends faster waits (TCP backpressure).
+    pub sends_in_flight: Arc<Semaphore>,
+    outbound: mpsc::Sender<Utf8Bytes>,
+    closing: CancellationToken,
+    close_reason: OnceLock<CloseReason>,
+    /// Old messages (at or below `replay_upto`) that it learned of through a
+    /// retried send, so that their `message_delivered` may follow.
+    late_known: Mutex<HashSet<MessageId>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Peer {
+    /// Queues a frame. A full queue means a slow consumer: the connection is
+    /// closed, and what it missed stays pending in the store.
+    pub fn push(&self, frame: Utf8Bytes) {
+        match self.outbound.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.close_reason.get().is_none() {
+                    self.metrics.slow_consumers.inc();
+                    tracing::warn!(connection = %self.id, user_id = %self.user_id, "slow consumer disconnected");
+                }
+                self.close(CloseReason::SLOW_CONSUMER);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Asks the connection to close; the first reason given wins.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.close_reason.set(reason);
+        self.closing.cancel();
+    }
+
+    /// Resolves when someone asked the connection to close.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// Why it is closing, once it is.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.get().copied()
+    }
+
+    /// Whether this connection has seen message `id` (live, or by a retried send).
+    fn knows(&self, id: MessageId) -> bool {
+        id > self.replay_upto || self.late_known.lock().is_ok_and(|k| k.contains(&id))
+    }
+
+    /// Records that this connection saw message `id` through a retried send.
+    pub fn learn(&self, id: MessageId) {
+        if id <= self.replay_upto
+            && let Ok(mut known) = self.late_known.lock()
+            && known.len() < MAX_LATE_KNOWN
+        {
+            known.insert(id);
+        }
+    }
+}
+
+/// A user with at least one connection, or inside the grace period.
+#[derive(Default)]
+struct UserEntry {
+    peers: Vec<Arc<Peer>>,
+    /// Non-zero while a grace timer runs; a reconnect clears it.
+    grace: u64,
+}
+
+/// Every live connection on this node.
+pub struct Hub {
+    users: DashMap<UserId, UserEntry>,
+    watchers: DashMap<UserId, Vec<Arc<Peer>>>,
+    committed: AtomicI64,
+    next_connection: AtomicI64,
+    next_grace: AtomicU64,
+    grace: Duration,
+    store: Arc<dyn MessageStore>,
+    metrics: Arc<Metrics>,
+}
+
+/// Serializes an event once, to be shared by every connection that gets it.
+pub fn encode(event: &ServerEvent) -> Utf8Bytes {
+    match serde_json::to_string(event) {
+        Ok(s) => Utf8Bytes::from(s),
+        // Unreachable for these types; a visible frame beats a silent gap.
+        Err(e) => Utf8Bytes::from(format!(
+            r#"{{"event":"error","data":{{"code":"internal","message":"{e}"}}}}"#
+        )),
+    }
+}
+
+impl Hub {
+    /// An empty hub whose committed mark starts at `committed`.
+    pub fn new(store: Arc<dyn MessageStore>, metrics: Arc<Metrics>, grace: Duration, committed: MessageId) -> Self {
+        Hub {
+            users: DashMap::new(),
+            watchers: DashMap::new(),
+            committed: AtomicI64::new(committed.get()),
+            next_connection: AtomicI64::new(1),
+            next_grace: AtomicU64::new(1),
+            grace,
+            store,
+            metrics,
+        }
+    }
+
+    /// Raises the committed mark; called after each commit, before its dispatch.
+    pub fn advance_committed(&self, id: MessageId) {
+        self.committed.fetch_max(id.get(), Ordering::SeqCst);
+    }
+
+    /// Adds a connection. Its `replay_upto` is the committed mark at this instant.
+    pub fn register(&self, session: SessionRecord, outbound: mpsc::Sender<Utf8Bytes>) -> Arc<Peer> {
+        let user = session.user_id;
+        let mut came_online = false;
+        let peer = {
+            let mut entry = self.users.entry(user).or_insert_with(|| {
+                came_online = true;
+                UserEntry::default()
+            });
+            let peer = Arc::new(Peer {
+                id: ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed)),
+                user_id: user,
+                session,
+                replay_upto: MessageId(self.committed.load(Ordering::SeqCst)),
+                watching: Mutex::new(HashSet::new()),
+                sends_in_flight: Arc::new(Semaphore::new((outbound.max_capacity() / 2).max(1))),
+                outbound,
+                closing: CancellationToken::new(),
+                close_reason: OnceLock::new(),
+                late_known: Mutex::new(HashSet::new()),
+                metrics: self.metrics.clone(),
+            });
+            entry.peers.push(peer.clone());
+            entry.grace = 0;
+            peer
+        };
+        self.metrics.connections.inc();
+        if came_online {
+            self.announce(PresenceView {
+                user_id: user,
+                status: PresenceStatus::Online,
+                last_seen: None,
+            });
+        }
+        peer
+    }
+
+    /// Removes a connection. When it was the user's last, the grace period starts.
+    pub fn unregister(self: &Arc<Self>, peer: &Arc<Peer>) {
+        self.unwatch_all(peer);
+        self.metrics.connections.dec();
+        let closed_at = now_ms();
+        let mut grace = None;
+        if let Some(mut entry) = self.users.get_mut(&peer.user_id) {
+            entry.peers.retain(|p| p.id != peer.id);
+            if entry.peers.is_empty() {
+                entry.grace = self.next_grace.fetch_add(1, Ordering::Relaxed);
+                grace = Some(entry.grace);
+            }
+        }
+        if let Some(generation) = grace {
+            let hub = self.clone();
+            let user = peer.user_id;
+            tokio::spawn(async move {
+                tokio::time::sleep(hub.grace).await;
+                hub.end_grace(user, generation, closed_at).await;
+            });
+        }
+    }
+
+    async fn end_grace(&self, user: UserId, generation: u64, closed_at: i64) {
+        let expired = self
+            .users
+            .remove_if(&user, |_, e| e.peers.is_empty() && e.grace == generation)
+            .is_some();
+        if !expired {
+            return;
+        }
+        if let Err(e) = self.store.set_last_seen(&[(user, closed_at)]).await {
+            tracing::warn!(error = %e, user_id = %user, "could not store last_seen");
+        }
+        self.announce(PresenceView {
+            user_id: user,
+            status: PresenceStatus::Offline,
+            last_seen: Some(closed_at),
+        });
+    }
+
+    /// Sends `frame` about message `id` to each of `user`'s connections that
+    /// registered before the message was committed, except `except`.
+    pub fn deliver(&self, user: UserId, frame: &Utf8Bytes, id: MessageId, except: Option<ConnectionId>) {
+        if let Some(entry) = self.users.get(&user) {
+            for peer in entry
+                .peers
+                .iter()
+                .filter(|p| p.replay_upto < id && Some(p.id) != except)
+            {
+                peer.push(frame.clone());
+            }
+        }
+    }
+
+    /// Sends a `message_delivered` frame for message `id` to each of `user`'s
+    /// connections that has seen the message.
+    pub fn deliver_notice(&self, user: UserId, frame: &Utf8Bytes, id: MessageId) {
+        if let Some(entry) = self.users.get(&user) {
+            for peer in entry.peers.iter().filter(|p| p.knows(id)) {
+                peer.push(frame.clone());
+            }
+        }
+    }
+
+    /// Sends an ephemeral frame to every connection of `user`; false if none.
+    pub fn relay(&self, user: UserId, frame: &Utf8Bytes) -> bool {
+        match self.users.get(&user) {
+            Some(entry) if !entry.peers.is_empty() => {
+                entry.peers.iter().for_each(|p| p.push(frame.clone()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `user` counts as online (connected, or within the grace period).
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.users.contains_key(&user)
+    }
+
+    /// The presence of `user`, or `None` if there is no such user.
+    pub async fn presence(&self, user: UserId) -> StoreResult<Option<PresenceView>> {
+        if self.is_online(user) {
+            return Ok(Some(PresenceView {
+                user_id: user,
+                status: PresenceStatus::Online,
+                last_seen: None,
+            }));
+        }
+        let record = self.store.user_by_id(user).await?;
+        // Re-check: the user may have connected while the store answered.
+        let status = if self.is_online(user) {
+            PresenceStatus::Online
+        } else {
+            PresenceStatus::Offline
+        };
+        Ok(record.map(|u| PresenceView {
+            user_id: user,
+            status,
+            last_seen: if status == PresenceStatus::Online {
+                None
+            } else {
+                u.last_seen
+            },
+        }))
+    }
+
+    /// Adds `peer` to the watchers of `user`; false if it already watched.
+    pub fn watch(&self, peer: &Arc<Peer>, user: UserId) -> bool {
+        let added = peer.watching.lock().is_ok_and(|mut w| w.insert(user));
+        if added {
+            self.watchers.entry(user).or_default().push(peer.clone());
+        }
+        added
+    }
+
+    /// Removes `peer` from the watchers of `user`.
+    pub fn unwatch(&self, peer: &Peer, user: UserId) {
+        if peer.watching.lock().is_ok_and(|mut w| w.remove(&user)) {
+            self.watchers.remove_if_mut(&user, |_, list| {
+                list.retain(|p| p.id != peer.id);
+                list.is_empty()
+            });
+        }
+    }
+
+    fn unwatch_all(&self, peer: &Peer) {
+        let users: Vec<UserId> = peer
+            .watching
+            .lock()
+            .map(|w| w.iter().copied().collect())
+            .unwrap_or_default();
+        for user in users {
+            self.unwatch(peer, user);
+        }
+    }
+
+    fn announce(&self, view: PresenceView) {
+        let Some(watchers) = self.watchers.get(&view.user_id).map(|w| w.clone()) else {
+            return;
+        };
+        let frame = encode(&ServerEvent::Presence(view));
+        watchers.iter().for_each(|p| p.push(frame.clone()));
+    }
+
+    /// Closes every connection opened with `session` (logout).
+    pub fn close_session(&self, user: UserId, session: SessionId) {
+        if let Some(entry) = self.users.get(&user) {
+            entry
+                .peers
+                .iter()
+                .filter(|p| p.session.id == session)
+                .for_each(|p| p.close(CloseReason::REVOKED));
+        }
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for entry in self.users.iter() {
+            entry.peers.iter().for_each(|p| p.close(reason));
+        }
+    }
+
+    /// Records "last seen now" for every user still online (shutdown).
+    pub async fn persist_last_seen(&self) {
+        let now = now_ms();
+        let seen: Vec<(UserId, i64)> = self.users.iter().map(|e| (*e.key(), now)).collect();
+        if !seen.is_empty()
+            && let Err(e) = self.store.set_last_seen(&seen).await
+        {
+            tracing::warn!(error = %e, "could not store last_seen at shutdown");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The dyad chat service and its gateway.
+//!
+//! [`serve`] runs a whole node on a listener it is handed: REST and WebSocket
+//! routes ([`gateway`]), accounts ([`accounts`]), the group commit
+//! ([`committer`]) and the hub of live connections and presence ([`hub`]).
+#![warn(missing_docs)]
+
+pub mod accounts;
+pub mod clock;
+pub mod committer;
+pub mod config;
+pub mod domain;
+pub mod errors;
+pub mod flood;
+mod gateway;
+pub mod hub;
+pub mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dyad_store::{MessageStore, StoreError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+use accounts::Accounts;
+use committer::GroupCommit;
+use flood::FloodControl;
+use hub::{CloseReason, Hub};
+use metrics::Metrics;
+
+/// How long shutdown waits for connections to send their close frames.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The shared state of a running node.
+pub(crate) struct App {
+    config: Config,
+    store: Arc<dyn MessageStore>,
+    accounts: Accounts,
+    hub: Arc<Hub>,
+    commits: GroupCommit,
+    flood: FloodControl,
+    metrics: Arc<Metrics>,
+    connections: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store failed at start-up.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// Start-up failed otherwise.
+    #[error("start-up: {0}")]
+    Startup(String),
+}
+
+/// Serves dyad on `listener` until `shutdown` resolves, then stops cleanly:
+/// it stops accepting, stops reading frames, commits and acks every write in
+/// flight, closes each WebSocket with a close frame (1001), and returns.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn MessageStore>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::default());
+    let committed = store.last_message_id().await?;
+    let hub = Arc::new(Hub::new(
+        store.clone(),
+        metrics.clone(),
+        config.presence_grace,
+        committed,
+    ));
+    let (commits, commit_task) = GroupCommit::start(store.clone(), hub.clone(), metrics.clone(), config.max_batch);
+    let accounts = Accounts::new(store.clone(), config.token_ttl).map_err(|e| ServeError::Startup(e.to_string()))?;
+    let app = Arc::new(App {
+        flood: FloodControl::new(config.rate_limit, config.rate_burst),
+        config,
+        store,
+        accounts,
+        hub,
+        commits,
+        metrics,
+        connections: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+    });
+    let sweeper = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                app.flood.sweep();
+            }
+        }
+    });
+
+    let stop = app.shutdown.clone();
+    let http = axum::serve(listener, gateway::router(app.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .into_future();
+    let http = tokio::spawn(http);
+    app.shutdown.cancelled().await;
+    tracing::info!("shutting down: finishing writes in flight");
+
+    // Readers have stopped; everything they queued is committed and acked
+    // before the sockets close.
+    if app.commits.flush().await.is_err() {
+        tracing::warn!("group commit had already stopped");
+    }
+    app.hub.close_all(CloseReason::SHUTDOWN);
+    app.connections.close();
+    if tokio::time::timeout(CLOSE_WAIT, app.connections.wait()).await.is_err() {
+        tracing::warn!("some connections did not close in time");
+    }
+    app.hub.persist_last_seen().await;
+    sweeper.abort();
+    match http.await {
+        Ok(result) => result?,
+        Err(e) => return Err(ServeError::Startup(e.to_string())),
+    }
+    drop(app);
+    let _ = commit_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}

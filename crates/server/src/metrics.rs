@@ -1,0 +1,101 @@
+//! Prometheus metrics, served as text at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The server's counters. Cloning a metric shares it.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages newly stored.
+    pub messages_stored: Counter,
+    /// Retries answered with the original ack.
+    pub duplicate_sends: Counter,
+    /// Messages turned from sent to delivered.
+    pub messages_delivered: Counter,
+    /// Transactions run by the group commit.
+    pub commit_batches: Counter,
+    /// Transactions that failed (their sends were answered `unavailable`).
+    pub commit_failures: Counter,
+    /// Operations per transaction.
+    pub commit_batch_size: Histogram,
+    /// Time per transaction.
+    pub commit_seconds: Histogram,
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Connections closed for falling behind.
+    pub slow_consumers: Counter,
+    /// Frames refused with an `error` event.
+    pub refused_frames: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("dyad");
+        let m = Metrics {
+            messages_stored: Counter::default(),
+            duplicate_sends: Counter::default(),
+            messages_delivered: Counter::default(),
+            commit_batches: Counter::default(),
+            commit_failures: Counter::default(),
+            commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            connections: Gauge::default(),
+            slow_consumers: Counter::default(),
+            refused_frames: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("messages_stored", "Messages newly stored", m.messages_stored.clone());
+        registry.register(
+            "duplicate_sends",
+            "Retried sends answered with the original ack",
+            m.duplicate_sends.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Messages acknowledged by a recipient device",
+            m.messages_delivered.clone(),
+        );
+        registry.register("commit_batches", "Group-commit transactions", m.commit_batches.clone());
+        registry.register(
+            "commit_failures",
+            "Group-commit transactions that failed",
+            m.commit_failures.clone(),
+        );
+        registry.register(
+            "commit_batch_size",
+            "Operations per group-commit transaction",
+            m.commit_batch_size.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Duration of group-commit transactions",
+            m.commit_seconds.clone(),
+        );
+        registry.register("connections", "Open WebSocket connections", m.connections.clone());
+        registry.register(
+            "slow_consumers",
+            "Connections closed for falling behind",
+            m.slow_consumers.clone(),
+        );
+        registry.register(
+            "refused_frames",
+            "Client frames refused with an error event",
+            m.refused_frames.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

@@ -1,0 +1,97 @@
+//! The message store: accounts, sessions, conversations and messages.
+//!
+//! [`MessageStore`] is the seam between the chat service and a database. The
+//! service batches concurrent sends into one [`MessageStore::write_batch`]
+//! call (group commit); a driver runs each batch as one transaction and
+//! assigns every message its conversation `seq` and `timestamp` inside it.
+//! Drivers: [`sqlite`] (embedded, the default). PostgreSQL comes next and
+//! plugs in behind the same trait and the same conformance tests.
+#![warn(missing_docs)]
+
+mod model;
+pub mod sqlite;
+
+pub use model::*;
+
+use async_trait::async_trait;
+use dyad_protocol::{MessageId, UserId};
+
+/// What can go wrong in a store. Constraint violations that a client can
+/// cause are domain errors (`UsernameTaken`); the rest means the storage is
+/// unreachable or broken, and the caller answers `unavailable`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another account has that username.
+    #[error("username is taken")]
+    UsernameTaken,
+    /// The database refused or failed.
+    #[error("storage failed: {0}")]
+    Backend(String),
+    /// The store is shut down.
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A message store. Drivers implement the methods in this order.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Creates an account; `UsernameTaken` if the (folded) name exists.
+    async fn create_user(&self, username: &str, password_hash: &str, now: i64) -> StoreResult<UserRecord>;
+    /// Finds an account by its folded username.
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    /// Finds an account by id.
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    /// Records when users were last seen (after their grace period ended).
+    async fn set_last_seen(&self, seen: &[(UserId, i64)]) -> StoreResult<()>;
+
+    /// Stores a new session under the hash of its token.
+    async fn create_session(&self, session: NewSession) -> StoreResult<SessionRecord>;
+    /// The live (unexpired, unrevoked) session for a token hash.
+    async fn session_by_token(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<SessionRecord>>;
+    /// Revokes a session; the token stops working at once.
+    async fn revoke_session(&self, id: SessionId) -> StoreResult<()>;
+
+    /// Runs the operations as one transaction and answers one outcome each,
+    /// in order. Either every operation is committed or the call fails.
+    async fn write_batch(&self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>>;
+    /// The highest message id committed so far (0 when there is none).
+    async fn last_message_id(&self) -> StoreResult<MessageId>;
+    /// A page of the conversation between `a` and `b`.
+    async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page>;
+    /// Undelivered messages for `recipient` with `after < id <= upto`, oldest first.
+    async fn pending(
+        &self,
+        recipient: UserId,
+        after: MessageId,
+        upto: MessageId,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>>;
+    /// The user's conversations, most recent first.
+    async fn conversations(&self, user: UserId, limit: usize) -> StoreResult<Vec<ConversationSummary>>;
+
+    /// Answers when the storage is reachable and writable.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Opens the store a `--database` URL names: `sqlite://PATH` (relative or,
+/// with a third slash, absolute). `postgres://…` is refused until its driver
+/// lands.
+pub fn open(url: &str) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(StoreError::Backend(
+                "sqlite:// needs a file path, e.g. sqlite://dyad-data/dyad.db".into(),
+            ));
+        }
+        return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
+            path,
+        ))?));
+    }
+    let scheme = url.split("://").next().unwrap_or(url);
+    Err(StoreError::Backend(format!(
+        "unsupported database URL scheme {scheme:?}: this build supports sqlite://PATH (postgres:// is not available yet)"
+    )))
+}

@@ -1,0 +1,264 @@
+//! The embedded driver: one SQLite file in WAL mode with `synchronous=FULL`.
+//!
+//! Writes go to a single writer thread ([`writer`]); reads go to a small pool
+//! of read-only connections, which WAL lets run beside the writer.
+
+mod reads;
+mod rows;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, mpsc};
+
+use async_trait::async_trait;
+use dyad_protocol::{MessageId, UserId};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::{
+    ConversationSummary, MessageStore, NewSession, Page, PageRequest, SessionId, SessionRecord, StoreError,
+    StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
+};
+use rows::USER_COLUMNS;
+use writer::{Job, Writer};
+
+/// How many read connections the pool holds.
+const READERS: usize = 4;
+
+/// The SQLite message store.
+pub struct SqliteStore {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    readers: Mutex<Vec<Connection>>,
+    reader_slots: Semaphore,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, with its folder, and
+    /// applies the migrations.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| backend(format!("creating {}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(path).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        schema::migrate(&mut conn).map_err(backend)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(backend)?;
+            r.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+            readers.push(r);
+        }
+        let jobs = Writer::spawn(conn).map_err(backend)?;
+        Ok(SqliteStore {
+            jobs: Mutex::new(jobs),
+            readers: Mutex::new(readers),
+            reader_slots: Semaphore::new(READERS),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Runs `f` on the writer thread and waits for its answer.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |w| {
+            let _ = tx.send(f(w));
+        });
+        self.jobs
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .send(job)
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a pooled read connection in the blocking pool.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let _slot = self.reader_slots.acquire().await.map_err(|_| StoreError::Closed)?;
+        let conn = self
+            .readers
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .pop()
+            .ok_or(StoreError::Closed)?;
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&conn);
+            (conn, r)
+        })
+        .await
+        .map_err(backend)?;
+        self.readers.lock().map_err(|_| StoreError::Closed)?.push(conn);
+        result.map_err(backend)
+    }
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn create_user(&self, username: &str, password_hash: &str, now: i64) -> StoreResult<UserRecord> {
+        let (username, password_hash) = (username.to_owned(), password_hash.to_owned());
+        self.write(move |w| {
+            let inserted = w
+                .conn
+                .prepare_cached(
+                    "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (username) DO NOTHING",
+                )
+                .and_then(|mut s| s.execute(params![username, password_hash, now]))
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(StoreError::UsernameTaken);
+            }
+            Ok(UserRecord {
+                id: UserId(w.conn.last_insert_rowid()),
+                username,
+                password_hash,
+                created_at: now,
+                last_seen: None,
+            })
+        })
+        .await
+    }
+
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"))?
+                .query_row([username], rows::user)
+                .optional()
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+                .query_row([id.get()], rows::user)
+                .optional()
+        })
+        .await
+    }
+
+    async fn set_last_seen(&self, seen: &[(UserId, i64)]) -> StoreResult<()> {
+        let seen = seen.to_vec();
+        self.write(move |w| {
+            let tx = w.conn.transaction().map_err(backend)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("UPDATE users SET last_seen = ?2 WHERE id = ?1")
+                    .map_err(backend)?;
+                for (user, at) in &seen {
+                    stmt.execute(params![user.get(), at]).map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn create_session(&self, s: NewSession) -> StoreResult<SessionRecord> {
+        self.write(move |w| {
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO sessions (user_id, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut st| st.execute(params![s.user_id.get(), &s.token_hash[..], s.created_at, s.expires_at]))
+                .map_err(backend)?;
+            Ok(SessionRecord {
+                id: SessionId(w.conn.last_insert_rowid()),
+                user_id: s.user_id,
+                expires_at: s.expires_at,
+            })
+        })
+        .await
+    }
+
+    async fn session_by_token(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<SessionRecord>> {
+        let hash = *token_hash;
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, user_id, expires_at FROM sessions
+                 WHERE token_hash = ?1 AND revoked = 0 AND expires_at > ?2",
+            )?
+            .query_row(params![&hash[..], now], |r| {
+                Ok(SessionRecord {
+                    id: SessionId(r.get(0)?),
+                    user_id: UserId(r.get(1)?),
+                    expires_at: r.get(2)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn revoke_session(&self, id: SessionId) -> StoreResult<()> {
+        self.write(move |w| {
+            w.conn
+                .execute("UPDATE sessions SET revoked = 1 WHERE id = ?1", [id.0])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_batch(&self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>> {
+        self.write(move |w| w.write_batch(ops, now)).await
+    }
+
+    async fn last_message_id(&self) -> StoreResult<MessageId> {
+        self.read(|c| {
+            c.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| r.get(0))
+                .map(MessageId)
+        })
+        .await
+    }
+
+    async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page> {
+        self.read(move |c| reads::history(c, a, b, page)).await
+    }
+
+    async fn pending(
+        &self,
+        recipient: UserId,
+        after: MessageId,
+        upto: MessageId,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        self.read(move |c| reads::pending(c, recipient, after, upto, limit))
+            .await
+    }
+
+    async fn conversations(&self, user: UserId, limit: usize) -> StoreResult<Vec<ConversationSummary>> {
+        self.read(move |c| reads::conversations(c, user, limit)).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.write(|w| w.conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+            .await
+    }
+}

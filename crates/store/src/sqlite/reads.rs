@@ -1,0 +1,89 @@
+//! Queries that run on the read pool.
+
+use dyad_protocol::{MessageId, UserId};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::rows::{self, MESSAGE_COLUMNS};
+use crate::{ConversationSummary, Page, PageRequest, StoredMessage};
+
+pub(super) fn history(c: &Connection, a: UserId, b: UserId, page: PageRequest) -> rusqlite::Result<Page> {
+    let (lo, hi) = (a.get().min(b.get()), a.get().max(b.get()));
+    let conversation: Option<i64> = c
+        .prepare_cached("SELECT id FROM conversations WHERE user_lo = ?1 AND user_hi = ?2")?
+        .query_row(params![lo, hi], |r| r.get(0))
+        .optional()?;
+    let Some(conversation) = conversation else {
+        return Ok(Page {
+            messages: Vec::new(),
+            has_more: false,
+        });
+    };
+    let (sql, bound, limit) = match page {
+        PageRequest::Before { before, limit } => (
+            format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND ts < ?2 ORDER BY ts DESC LIMIT ?3"
+            ),
+            before.unwrap_or(i64::MAX),
+            limit,
+        ),
+        PageRequest::After { after, limit } => (
+            format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND ts > ?2 ORDER BY ts ASC LIMIT ?3"
+            ),
+            after,
+            limit,
+        ),
+    };
+    let mut messages = c
+        .prepare_cached(&sql)?
+        .query_map(params![conversation, bound, limit as i64 + 1], rows::message)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let has_more = messages.len() > limit;
+    messages.truncate(limit);
+    Ok(Page { messages, has_more })
+}
+
+pub(super) fn pending(
+    c: &Connection,
+    recipient: UserId,
+    after: MessageId,
+    upto: MessageId,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredMessage>> {
+    c.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+         WHERE recipient_id = ?1 AND delivered_at IS NULL AND id > ?2 AND id <= ?3
+         ORDER BY id LIMIT ?4"
+    ))?
+    .query_map(
+        params![recipient.get(), after.get(), upto.get(), limit as i64],
+        rows::message,
+    )?
+    .collect()
+}
+
+pub(super) fn conversations(c: &Connection, user: UserId, limit: usize) -> rusqlite::Result<Vec<ConversationSummary>> {
+    let columns = MESSAGE_COLUMNS
+        .split(", ")
+        .map(|col| format!("m.{col}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    c.prepare_cached(&format!(
+        "SELECT u.id, u.username, {columns}
+         FROM (SELECT user_hi AS peer, last_message_id, last_ts FROM conversations WHERE user_lo = ?1 AND last_seq > 0
+               UNION ALL
+               SELECT user_lo AS peer, last_message_id, last_ts FROM conversations WHERE user_hi = ?1 AND last_seq > 0) AS c
+         JOIN users u ON u.id = c.peer
+         JOIN messages m ON m.id = c.last_message_id
+         ORDER BY c.last_ts DESC
+         LIMIT ?2"
+    ))?
+    .query_map(params![user.get(), limit as i64], |r| {
+        Ok(ConversationSummary {
+            peer_id: UserId(r.get(0)?),
+            peer_username: r.get(1)?,
+            last_message: rows::message_at(r, 2)?,
+        })
+    })?
+    .collect()
+}

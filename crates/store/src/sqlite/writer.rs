@@ -1,0 +1,227 @@
+//! The one writer: a thread that owns SQLite's only write connection and runs
+//! jobs in the order they arrive. A whole batch of sends is one job and one
+//! transaction, so one fsync covers every message in it.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+
+use dyad_protocol::{MessageId, UserId};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::rows::{self, MESSAGE_COLUMNS};
+use crate::{NewMessage, StoreError, StoreResult, StoredMessage, WriteOp, WriteOutcome};
+
+/// A unit of work for the writer thread.
+pub(super) type Job = Box<dyn FnOnce(&mut Writer) + Send>;
+
+/// The conversation counters the writer keeps in memory, so that a send costs
+/// no read. Cleared whenever a transaction fails, since it may hold values
+/// that were rolled back.
+#[derive(Debug, Clone, Copy)]
+struct ConversationHead {
+    id: i64,
+    last_seq: i64,
+    last_ts: i64,
+    last_message_id: i64,
+}
+
+/// State owned by the writer thread.
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    heads: HashMap<(i64, i64), ConversationHead>,
+}
+
+impl Writer {
+    /// Starts the writer thread; it ends when every sender of jobs is dropped.
+    pub(super) fn spawn(conn: Connection) -> std::io::Result<mpsc::Sender<Job>> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("dyad-sqlite-writer".into())
+            .spawn(move || {
+                let mut writer = Writer {
+                    conn,
+                    heads: HashMap::new(),
+                };
+                while let Ok(job) = rx.recv() {
+                    job(&mut writer);
+                }
+            })?;
+        Ok(tx)
+    }
+
+    /// Runs a batch as one transaction; see [`crate::MessageStore::write_batch`].
+    pub(super) fn write_batch(&mut self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>> {
+        let result = self.try_write_batch(ops, now);
+        if result.is_err() {
+            self.heads.clear();
+        }
+        result.map_err(|e| StoreError::Backend(e.to_string()))
+    }
+
+    fn try_write_batch(&mut self, ops: Vec<WriteOp>, now: i64) -> rusqlite::Result<Vec<WriteOutcome>> {
+        let Writer { conn, heads } = self;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut touched: Vec<(i64, i64)> = Vec::new();
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            let outcome = match op {
+                WriteOp::Send(msg) => send(&tx, heads, &mut touched, msg, now)?,
+                WriteOp::Deliver {
+                    recipient_id,
+                    message_ids,
+                } => WriteOutcome::Delivered(deliver(&tx, recipient_id, &message_ids, now)?),
+            };
+            outcomes.push(outcome);
+        }
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE conversations SET last_seq = ?2, last_ts = ?3, last_message_id = ?4 WHERE id = ?1",
+            )?;
+            for key in &touched {
+                if let Some(h) = heads.get(key) {
+                    update.execute(params![h.id, h.last_seq, h.last_ts, h.last_message_id])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+}
+
+fn send(
+    tx: &rusqlite::Transaction<'_>,
+    heads: &mut HashMap<(i64, i64), ConversationHead>,
+    touched: &mut Vec<(i64, i64)>,
+    msg: NewMessage,
+    now: i64,
+) -> rusqlite::Result<WriteOutcome> {
+    let (sender, recipient) = (msg.sender_id.get(), msg.recipient_id.get());
+    if sender == recipient {
+        return Ok(WriteOutcome::UnknownRecipient);
+    }
+    let key = (sender.min(recipient), sender.max(recipient));
+    let mut head = match heads.get(&key) {
+        Some(head) => *head,
+        None => match conversation_head(tx, key, recipient)? {
+            Some(head) => head,
+            None => return Ok(WriteOutcome::UnknownRecipient),
+        },
+    };
+    let seq = head.last_seq + 1;
+    let ts = now.max(head.last_ts + 1);
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO messages (conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING",
+        )?
+        .execute(params![
+            head.id,
+            seq,
+            sender,
+            recipient,
+            msg.body,
+            ts,
+            msg.client_msg_id
+        ])?;
+    if inserted == 0 {
+        // A retry: answer with the message stored under this key the first time.
+        let original = tx
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages
+                 WHERE sender_id = ?1 AND client_msg_id = ?2 AND client_msg_id IS NOT NULL"
+            ))?
+            .query_row(params![sender, msg.client_msg_id], rows::message)?;
+        heads.insert(key, head);
+        return Ok(WriteOutcome::Stored {
+            message: original,
+            duplicate: true,
+        });
+    }
+    let id = tx.last_insert_rowid();
+    head.last_seq = seq;
+    head.last_ts = ts;
+    head.last_message_id = id;
+    heads.insert(key, head);
+    if !touched.contains(&key) {
+        touched.push(key);
+    }
+    Ok(WriteOutcome::Stored {
+        message: StoredMessage {
+            id: MessageId(id),
+            sender_id: msg.sender_id,
+            recipient_id: msg.recipient_id,
+            body: msg.body,
+            timestamp: ts,
+            seq,
+            delivered_at: None,
+        },
+        duplicate: false,
+    })
+}
+
+/// Loads a conversation's counters, creating the conversation if the
+/// recipient exists. `None` means the recipient does not exist.
+fn conversation_head(
+    tx: &rusqlite::Transaction<'_>,
+    (lo, hi): (i64, i64),
+    recipient: i64,
+) -> rusqlite::Result<Option<ConversationHead>> {
+    let found = tx
+        .prepare_cached(
+            "SELECT id, last_seq, last_ts, last_message_id FROM conversations WHERE user_lo = ?1 AND user_hi = ?2",
+        )?
+        .query_row(params![lo, hi], |r| {
+            Ok(ConversationHead {
+                id: r.get(0)?,
+                last_seq: r.get(1)?,
+                last_ts: r.get(2)?,
+                last_message_id: r.get(3)?,
+            })
+        })
+        .optional()?;
+    if found.is_some() {
+        return Ok(found);
+    }
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+        .query_row([recipient], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    tx.prepare_cached(
+        "INSERT INTO conversations (user_lo, user_hi, last_seq, last_ts, last_message_id) VALUES (?1, ?2, 0, 0, 0)",
+    )?
+    .execute(params![lo, hi])?;
+    Ok(Some(ConversationHead {
+        id: tx.last_insert_rowid(),
+        last_seq: 0,
+        last_ts: 0,
+        last_message_id: 0,
+    }))
+}
+
+fn deliver(
+    tx: &rusqlite::Transaction<'_>,
+    recipient: UserId,
+    ids: &[MessageId],
+    now: i64,
+) -> rusqlite::Result<Vec<StoredMessage>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "UPDATE messages SET delivered_at = ?3
+         WHERE id = ?1 AND recipient_id = ?2 AND delivered_at IS NULL
+         RETURNING {MESSAGE_COLUMNS}"
+    ))?;
+    let mut delivered = Vec::new();
+    for id in ids {
+        if let Some(m) = stmt
+            .query_row(params![id.get(), recipient.get(), now], rows::message)
+            .optional()?
+        {
+            delivered.push(m);
+        }
+    }
+    Ok(delivered)
+}
