@@ -1,0 +1,355 @@
+//! The store conformance suite: every `MessageStore` driver must pass these.
+//! Each test takes a fresh store from `drivers()`; PostgreSQL joins the list
+//! when its driver lands.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+
+use dyad_protocol::{MessageId, UserId};
+use dyad_store::{MessageStore, NewMessage, NewSession, PageRequest, StoreError, StoredMessage, WriteOp, WriteOutcome};
+
+struct Fresh {
+    store: Arc<dyn MessageStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn drivers() -> Vec<(&'static str, Fresh)> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dyad_store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).unwrap();
+    vec![("sqlite", Fresh { store, _dir: dir })]
+}
+
+async fn users(store: &dyn MessageStore, names: &[&str]) -> Vec<UserId> {
+    let mut ids = Vec::new();
+    for name in names {
+        ids.push(store.create_user(name, "hash", 1).await.unwrap().id);
+    }
+    ids
+}
+
+fn send(from: UserId, to: UserId, body: &str, key: Option<&str>) -> WriteOp {
+    WriteOp::Send(NewMessage {
+        sender_id: from,
+        recipient_id: to,
+        body: body.into(),
+        client_msg_id: key.map(str::to_owned),
+    })
+}
+
+fn stored(outcome: &WriteOutcome) -> (&StoredMessage, bool) {
+    match outcome {
+        WriteOutcome::Stored { message, duplicate } => (message, *duplicate),
+        other => panic!("expected Stored, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn users_are_unique_by_name_and_found_by_name_and_id() {
+    for (driver, fresh) in drivers() {
+        let s = &*fresh.store;
+        let alice = s.create_user("alice", "h1", 10).await.unwrap();
+        assert!(
+            matches!(s.create_user("alice", "h2", 11).await, Err(StoreError::UsernameTaken)),
+            "{driver}"
+        );
+        assert_eq!(
+            s.user_by_username("alice").await.unwrap().unwrap().id,
+            alice.id,
+            "{driver}"
+        );
+        assert_eq!(
+            s.user_by_id(alice.id).await.unwrap().unwrap().password_hash,
+            "h1",
+            "{driver}"
+        );
+        assert!(s.user_by_username("bob").await.unwrap().is_none(), "{driver}");
+        assert!(s.user_by_id(UserId(9999)).await.unwrap().is_none(), "{driver}");
+        s.set_last_seen(&[(alice.id, 1234)]).await.unwrap();
+        assert_eq!(
+            s.user_by_id(alice.id).await.unwrap().unwrap().last_seen,
+            Some(1234),
+            "{driver}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sessions_expire_and_are_revoked() {
+    for (driver, fresh) in drivers() {
+        let s = &*fresh.store;
+        let [alice] = users(s, &["alice"]).await[..] else {
+            unreachable!()
+        };
+        let hash = [7u8; 32];
+        let session = s
+            .create_session(NewSession {
+                user_id: alice,
+                token_hash: hash,
+                created_at: 100,
+                expires_at: 200,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            s.session_by_token(&hash, 150).await.unwrap().map(|r| r.id),
+            Some(session.id),
+            "{driver}"
+        );
+        assert!(
+            s.session_by_token(&hash, 200).await.unwrap().is_none(),
+            "{driver}: expired"
+        );
+        assert!(
+            s.session_by_token(&[8u8; 32], 150).await.unwrap().is_none(),
+            "{driver}: unknown"
+        );
+        s.revoke_session(session.id).await.unwrap();
+        assert!(
+            s.session_by_token(&hash, 150).await.unwrap().is_none(),
+            "{driver}: revoked"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_batch_assigns_gap_free_seq_and_strictly_increasing_timestamps() {
+    for (driver, fresh) in drivers() {
+        let s = &*fresh.store;
+        let [a, b, c] = users(s, &["alice", "bob", "carol"]).await[..] else {
+            unreachable!()
+        };
+        // Many messages in one batch, at one clock reading, in two conversations.
+        let ops = vec![
+            send(a, b, "1", None),
+            send(b, a, "2", None),
+            send(a, c, "x", None),
+            send(a, b, "3", None),
+        ];
+        let out = s.write_batch(ops, 5_000).await.unwrap();
+        let ab: Vec<_> = [0, 1, 3].iter().map(|&i| stored(&out[i]).0.clone()).collect();
+        assert_eq!(ab.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3], "{driver}");
+        assert_eq!(
+            ab.iter().map(|m| m.timestamp).collect::<Vec<_>>(),
+            vec![5_000, 5_001, 5_002],
+            "{driver}"
+        );
+        assert_eq!(stored(&out[2]).0.seq, 1, "{driver}: conversations count separately");
+        // A later batch with a clock that went backwards still moves forward.
+        let out = s.write_batch(vec![send(b, a, "4", None)], 1_000).await.unwrap();
+        let m = stored(&out[0]).0;
+        assert_eq!((m.seq, m.timestamp), (4, 5_003), "{driver}");
+        assert!(m.id > ab[2].id, "{driver}: ids grow in commit order");
+        assert_eq!(s.last_message_id().await.unwrap(), m.id, "{driver}");
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_return_the_original_within_and_across_batches() {
+    for (driver, fresh) in drivers() {
+        let s = &*fresh.store;
+        let [a, b] = users(s, &["alice", "bob"]).await[..] else {
+            unreachable!()
+        };
+        let out = s
+            .write_batch(vec![send(a, b, "hi", Some("k")), send(a, b, "hi again", Some("k"))], 10)
+            .await
+            .unwrap();
+        let (first, dup) = stored(&out[0]);
+        assert!(!dup, "{driver}");
+        let (second, dup) = stored(&out[1]);
+        assert!(dup, "{driver}");
+        assert_eq!(second, first, "{driver}: the original, body and all");
+        let out = s
+            .write_batch(
+                vec![send(a, b, "later", Some("k")), send(b, a, "bob's k", Some("k"))],
+                20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(stored(&out[0]), (first, true), "{driver}");
+        assert_eq!(
+            stored(&out[1]).0.seq,
+            2,
+            "{driver}: keys are per sender; the retry took no seq"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_recipients_and_self_sends_store_nothing() {
+    for (driver, fresh) in drivers() {
+        let s = &*fresh.store;
+        let [a, b] = users(s, &["alice", "bob"]).await[..] else {
+            unreachable!()
+        };
+        let out = s
+            .write_batch(
+                vec![
+                    send(a, UserId(999), "?", None),
+                    send(a, a, "me", None),
+                    send(a, b, "ok", None),
+                ],
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out[0], WriteOutcome::UnknownRecipient, "{driver}");
+        assert_eq!(out[1], WriteOutcome::UnknownRecipient, "{driver}");
+        assert_eq!(stored(&out[2]).0.seq, 1, "{driver}");
+        assert_eq!(s.conversations(a, 10).await.unwrap().len(), 1, "{driver}");
+    }
+}
+
+#[tokio::test]
+async fn delivery_is_recorded_once_and_only_by_the_recipient() {
+    for (driver, fresh) in drivers() {
+        let s = &*fresh.store;
+        let [a, b] = users(s, &["alice", "bob"]).await[..] else {
+            unreachable!()
+        };
+        let out = s
+            .write_batch(vec![send(a, b, "1", None), send(a, b, "2", None)], 10)
+            .await
+            .unwrap();
+        let (m1, m2) = (stored(&out[0]).0.id, stored(&out[1]).0.id);
+        let deliver = |who, ids: Vec<MessageId>| WriteOp::Deliver {
+            recipient_id: who,
+            message_ids: ids,
+        };
+        let out = s
+            .write_batch(vec![deliver(a, vec![m1]), deliver(b, vec![m1, MessageId(424242)])], 50)
+            .await
+            .unwrap();
+        assert_eq!(
+            out[0],
+            WriteOutcome::Delivered(vec![]),
+            "{driver}: the sender cannot deliver"
+        );
+        match &out[1] {
+            WriteOutcome::Delivered(ms) => {
+                assert_eq!(
+                    ms.iter().map(|m| (m.id, m.delivered_at)).collect::<Vec<_>>(),
+                    vec![(m1, Some(50))]
+                )
+            }
+            other => panic!("{driver}: {other:?}"),
+        }
+        let again = s.write_batch(vec![deliver(b, vec![m1])], 60).await.unwrap();
+        assert_eq!(
+            again[0],
+            WriteOutcome::Delivered(vec![]),
+            "{driver}: only the first ack counts"
+        );
+        let pending = s.pending(b, MessageId(0), MessageId(i64::MAX), 10).await.unwrap();
+        assert_eq!(pending.iter().map(|m| m.id).collect::<Vec<_>>(), vec![m2], "{driver}");
+    }
+}
+
+#[tokio::test]
+async fn pending_is_bounded_by_after_and_upto_and_oldest_first() {
+    for (driver, fresh) in drivers() {
+        let s = &*fresh.store;
+        let [a, b, c] = users(s, &["alice", "bob", "carol"]).await[..] else {
+            unreachable!()
+        };
+        let ops = (0..6)
+            .map(|i| send(if i % 2 == 0 { a } else { c }, b, "m", None))
+            .collect();
+        let ids: Vec<MessageId> = s
+            .write_batch(ops, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|o| stored(o).0.id)
+            .collect();
+        let all = s.pending(b, MessageId(0), ids[5], 100).await.unwrap();
+        assert_eq!(all.iter().map(|m| m.id).collect::<Vec<_>>(), ids, "{driver}");
+        let window = s.pending(b, ids[1], ids[3], 100).await.unwrap();
+        assert_eq!(
+            window.iter().map(|m| m.id).collect::<Vec<_>>(),
+            ids[2..=3].to_vec(),
+            "{driver}"
+        );
+        let page = s.pending(b, MessageId(0), ids[5], 2).await.unwrap();
+        assert_eq!(page.len(), 2, "{driver}");
+        assert!(
+            s.pending(a, MessageId(0), ids[5], 100).await.unwrap().is_empty(),
+            "{driver}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn history_pages_both_ways_and_lists_conversations() {
+    for (driver, fresh) in drivers() {
+        let s = &*fresh.store;
+        let [a, b, c] = users(s, &["alice", "bob", "carol"]).await[..] else {
+            unreachable!()
+        };
+        let ops = (0..5).map(|i| send(a, b, &i.to_string(), None)).collect();
+        s.write_batch(ops, 100).await.unwrap(); // timestamps 100..=104
+        s.write_batch(vec![send(c, a, "hey", None)], 200).await.unwrap();
+        let newest = s
+            .history(b, a, PageRequest::Before { before: None, limit: 2 })
+            .await
+            .unwrap();
+        assert_eq!(
+            newest.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![5, 4],
+            "{driver}"
+        );
+        assert!(newest.has_more, "{driver}");
+        let older = s
+            .history(
+                a,
+                b,
+                PageRequest::Before {
+                    before: Some(103),
+                    limit: 5,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            older.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![3, 2, 1],
+            "{driver}"
+        );
+        assert!(!older.has_more, "{driver}");
+        let after = s
+            .history(a, b, PageRequest::After { after: 101, limit: 2 })
+            .await
+            .unwrap();
+        assert_eq!(
+            after.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![3, 4],
+            "{driver}"
+        );
+        assert!(after.has_more, "{driver}");
+        let none = s
+            .history(
+                b,
+                c,
+                PageRequest::Before {
+                    before: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(none.messages.is_empty() && !none.has_more, "{driver}");
+
+        let list = s.conversations(a, 10).await.unwrap();
+        let peers: Vec<_> = list
+            .iter()
+            .map(|c| (c.peer_username.as_str(), c.last_message.body.as_str()))
+            .collect();
+        assert_eq!(
+            peers,
+            vec![("carol", "hey"), ("bob", "4")],
+            "{driver}: most recent first"
+        );
+        assert_eq!(s.conversations(a, 1).await.unwrap().len(), 1, "{driver}");
+        s.ping().await.unwrap();
+    }
+}
