@@ -1,5 +1,6 @@
 //! `dyad serve`: flags and environment variables to a running server.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -76,9 +77,11 @@ impl ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&args.log).context("bad --log filter")?;
+    let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     let store = dyad_store::open(&args.database).with_context(|| format!("opening {}", args.database))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -163,6 +163,8 @@ struct UserEntry {
     peers: Vec<Arc<Peer>>,
     /// Non-zero while a grace timer runs; a reconnect clears it.
     grace: u64,
+    /// When the last connection closed (meaningful while `grace` is set).
+    closed_at: i64,
 }
 
 /// Every live connection on this node.
@@ -255,6 +257,7 @@ impl Hub {
             entry.peers.retain(|p| p.id != peer.id);
             if entry.peers.is_empty() {
                 entry.grace = self.next_grace.fetch_add(1, Ordering::Relaxed);
+                entry.closed_at = closed_at;
                 grace = Some(entry.grace);
             }
         }
@@ -409,14 +412,20 @@ impl Hub {
         }
     }
 
-    /// Records "last seen now" for every user still online (shutdown).
+    /// Stores `last_seen` for every user this node counts as online: now for
+    /// the connected, the close time for those in grace. Run every minute and
+    /// at shutdown, so that after a crash `last_seen` is at most a minute old.
     pub async fn persist_last_seen(&self) {
         let now = now_ms();
-        let seen: Vec<(UserId, i64)> = self.users.iter().map(|e| (*e.key(), now)).collect();
+        let seen: Vec<(UserId, i64)> = self
+            .users
+            .iter()
+            .map(|e| (*e.key(), if e.peers.is_empty() { e.closed_at } else { now }))
+            .collect();
         if !seen.is_empty()
             && let Err(e) = self.store.set_last_seen(&seen).await
         {
-            tracing::warn!(error = %e, "could not store last_seen at shutdown");
+            tracing::warn!(error = %e, "could not store last_seen");
         }
     }
 }

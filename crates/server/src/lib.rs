@@ -93,13 +93,17 @@ pub async fn serve(
         connections: TaskTracker::new(),
         shutdown: CancellationToken::new(),
     });
+    // Housekeeping: forget full flood buckets; every minute, store last_seen.
     let sweeper = tokio::spawn({
         let app = app.clone();
         async move {
             let mut every = tokio::time::interval(Duration::from_secs(10));
-            loop {
+            for round in 1u64.. {
                 every.tick().await;
                 app.flood.sweep();
+                if round % 6 == 0 {
+                    app.hub.persist_last_seen().await;
+                }
             }
         }
     });
