@@ -7,7 +7,7 @@
 mod connection;
 mod rest;
 
-pub use connection::Connection;
+pub use connection::{Connection, Receiver, Sender};
 pub use dyad_protocol as protocol;
 pub use rest::Client;
 

@@ -48,7 +48,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DYAD_TOKEN_TTL", default_value = "30days", value_parser = duration)]
     token_ttl: Duration,
     /// Size of each WebSocket's read and write buffers, in bytes.
-    #[arg(long, env = "DYAD_WS_BUFFER_BYTES", default_value_t = 4096)]
+    #[arg(long, env = "DYAD_WS_BUFFER_BYTES", default_value_t = 1024)]
     ws_buffer_bytes: usize,
     /// Most writes the group commit puts in one transaction.
     #[arg(long, env = "DYAD_MAX_BATCH", default_value_t = 1024)]

@@ -148,18 +148,19 @@ impl Accounts {
 }
 
 /// A new random token: 256 bits, URL-safe base64.
-fn random_token() -> Result<String, ApiError> {
+pub fn random_token() -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| ApiError::Internal(format!("random generator failed: {e}")))?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Tokens are random and long, so a fast hash is enough to keep them safe at rest.
-fn token_hash(token: &str) -> TokenHash {
+pub fn token_hash(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn hash_password(password: &[u8]) -> Result<String, ApiError> {
+/// An argon2id PHC string for `password`, with a random salt.
+pub fn hash_password(password: &[u8]) -> Result<String, ApiError> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| ApiError::Internal(format!("random generator failed: {e}")))?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::Internal(format!("salt: {e}")))?;

@@ -39,7 +39,7 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
             token_ttl: Duration::from_secs(30 * 24 * 3600),
-            ws_buffer_bytes: 4 * 1024,
+            ws_buffer_bytes: 1024,
             max_batch: 1024,
         }
     }

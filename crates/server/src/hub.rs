@@ -101,6 +101,9 @@ pub struct Peer {
     pub sends_in_flight: Arc<Semaphore>,
     outbound: mpsc::Sender<Utf8Bytes>,
     closing: CancellationToken,
+    /// Cancelled at shutdown: stop reading frames. Per connection, because a
+    /// token shared by every connection would be a lock they all contend on.
+    stop_reading: CancellationToken,
     close_reason: OnceLock<CloseReason>,
     /// Old messages (at or below `replay_upto`) that it learned of through a
     /// retried send, so that their `message_delivered` may follow.
@@ -134,6 +137,11 @@ impl Peer {
     /// Resolves when someone asked the connection to close.
     pub fn closing(&self) -> &CancellationToken {
         &self.closing
+    }
+
+    /// Resolves when the connection should stop reading frames (shutdown).
+    pub fn stop_reading(&self) -> &CancellationToken {
+        &self.stop_reading
     }
 
     /// Why it is closing, once it is.
@@ -228,6 +236,7 @@ impl Hub {
                 sends_in_flight: Arc::new(Semaphore::new((outbound.max_capacity() / 2).max(1))),
                 outbound,
                 closing: CancellationToken::new(),
+                stop_reading: CancellationToken::new(),
                 close_reason: OnceLock::new(),
                 late_known: Mutex::new(HashSet::new()),
                 metrics: self.metrics.clone(),
@@ -402,6 +411,13 @@ impl Hub {
                 .iter()
                 .filter(|p| p.session.id == session)
                 .for_each(|p| p.close(CloseReason::REVOKED));
+        }
+    }
+
+    /// Tells every connection to stop reading frames (first step of shutdown).
+    pub fn stop_reading_all(&self) {
+        for entry in self.users.iter() {
+            entry.peers.iter().for_each(|p| p.stop_reading.cancel());
         }
     }
 

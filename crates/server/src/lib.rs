@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use dyad_store::{MessageStore, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -109,6 +110,12 @@ pub async fn serve(
     });
 
     let stop = app.shutdown.clone();
+    // Chat frames are small and latency-bound: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let http = axum::serve(listener, gateway::router(app.clone()))
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -118,6 +125,7 @@ pub async fn serve(
     let http = tokio::spawn(http);
     app.shutdown.cancelled().await;
     tracing::info!("shutting down: finishing writes in flight");
+    app.hub.stop_reading_all();
 
     // Readers have stopped; everything they queued is committed and acked
     // before the sockets close.

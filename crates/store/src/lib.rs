@@ -47,6 +47,11 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Records when users were last seen (after their grace period ended).
     async fn set_last_seen(&self, seen: &[(UserId, i64)]) -> StoreResult<()>;
 
+    /// Creates (or finds, by username) many accounts and a new session for
+    /// each, in one transaction. For provisioning load tests: hashing a
+    /// password per user would take hours.
+    async fn provision(&self, accounts: Vec<ProvisionedAccount>) -> StoreResult<Vec<UserId>>;
+
     /// Stores a new session under the hash of its token.
     async fn create_session(&self, session: NewSession) -> StoreResult<SessionRecord>;
     /// The live (unexpired, unrevoked) session for a token hash.

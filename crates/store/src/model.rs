@@ -167,3 +167,18 @@ pub struct ConversationSummary {
     /// The newest message.
     pub last_message: StoredMessage,
 }
+
+/// One account to provision, with the session to open for it.
+#[derive(Debug, Clone)]
+pub struct ProvisionedAccount {
+    /// Folded username.
+    pub username: String,
+    /// PHC string of the password hash (may be shared by all provisioned accounts).
+    pub password_hash: String,
+    /// Hash of the session token.
+    pub token_hash: TokenHash,
+    /// ms since the epoch.
+    pub created_at: i64,
+    /// ms since the epoch.
+    pub expires_at: i64,
+}

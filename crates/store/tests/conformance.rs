@@ -353,3 +353,32 @@ async fn history_pages_both_ways_and_lists_conversations() {
         s.ping().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn provisioning_creates_or_reuses_accounts_each_with_a_working_session() {
+    for (driver, fresh) in drivers() {
+        let s = &*fresh.store;
+        let [existing] = users(s, &["bench-1"]).await[..] else {
+            unreachable!()
+        };
+        let account = |i: u8| dyad_store::ProvisionedAccount {
+            username: format!("bench-{i}"),
+            password_hash: "shared".into(),
+            token_hash: [i; 32],
+            created_at: 1,
+            expires_at: 1_000,
+        };
+        let ids = s.provision(vec![account(1), account(2), account(3)]).await.unwrap();
+        assert_eq!(ids[0], existing, "{driver}: an existing name is reused");
+        assert_eq!(ids.len(), 3, "{driver}");
+        for (i, id) in ids.iter().enumerate() {
+            let session = s.session_by_token(&[i as u8 + 1; 32], 10).await.unwrap().unwrap();
+            assert_eq!(session.user_id, *id, "{driver}");
+        }
+        assert_eq!(
+            s.user_by_username("bench-3").await.unwrap().unwrap().id,
+            ids[2],
+            "{driver}"
+        );
+    }
+}

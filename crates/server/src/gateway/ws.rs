@@ -102,6 +102,9 @@ impl LastHeard {
 async fn session_main(socket: WebSocket, app: Arc<App>, session: SessionRecord) {
     let (tx, rx) = mpsc::channel(app.config.outbound_queue.max(1));
     let peer = app.hub.register(session, tx);
+    if app.shutdown.is_cancelled() {
+        peer.stop_reading().cancel();
+    }
     tracing::debug!(connection = %peer.id, user_id = %peer.user_id, "connected");
     let heard = LastHeard {
         start: Instant::now(),
@@ -141,15 +144,19 @@ async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Utf8Bytes>, peer: &Ar
     if sink.send(Message::Text(encode(&connected))).await.is_err() {
         return;
     }
-    if replay(&mut sink, peer, app).await.is_err() {
+    // Boxed for the same reason as the frame handler: it runs once.
+    if Box::pin(replay(&mut sink, peer, app)).await.is_err() {
         return;
     }
     let beat = app.config.heartbeat_interval.max(Duration::from_millis(10));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    // Made once: a fresh cancellation future per frame costs a lock each time.
+    let closing = peer.closing().cancelled();
+    tokio::pin!(closing);
     loop {
         tokio::select! {
             biased;
-            () = peer.closing().cancelled() => {
+            () = &mut closing => {
                 let reason = peer.close_reason().unwrap_or(CloseReason::SHUTDOWN);
                 if reason.drain {
                     while let Ok(frame) = rx.try_recv() {
@@ -230,10 +237,13 @@ async fn replay(sink: &mut Sink, peer: &Peer, app: &App) -> Result<(), ()> {
 
 async fn read_loop(stream: &mut SplitStream<WebSocket>, peer: &Arc<Peer>, app: &App, heard: &LastHeard) {
     let mut typing = TypingBudget::new();
+    // Made once, not per frame: each fresh cancellation future takes a lock.
+    let shutdown = peer.stop_reading().cancelled();
+    tokio::pin!(shutdown);
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
-            () = app.shutdown.cancelled() => break,
+            () = &mut shutdown => break,
         };
         let message = match next {
             Some(Ok(message)) => message,
@@ -249,7 +259,9 @@ async fn read_loop(stream: &mut SplitStream<WebSocket>, peer: &Arc<Peer>, app: &
         };
         heard.touch();
         match message {
-            Message::Text(text) => handle_text(app, peer, text.as_str(), &mut typing).await,
+            // Boxed: the frame handler's state is large and only lives while a
+            // frame is handled; inline, every idle connection would carry it.
+            Message::Text(text) => Box::pin(handle_text(app, peer, text.as_str(), &mut typing)).await,
             Message::Binary(_) => refuse(
                 app,
                 peer,
