@@ -6,10 +6,12 @@
 
 mod connection;
 mod rest;
+mod session;
 
 pub use connection::{Connection, Receiver, Sender};
 pub use dyad_protocol as protocol;
 pub use rest::Client;
+pub use session::{ChatSession, SessionEvent, SessionOptions};
 
 use dyad_protocol::ErrorCode;
 

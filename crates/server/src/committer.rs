@@ -14,7 +14,8 @@ use dyad_store::{MessageStore, WriteOp, WriteOutcome};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::clock::now_ms;
-use crate::hub::{Hub, Peer, encode};
+use crate::codec::encode;
+use crate::hub::{Hub, Peer};
 use crate::metrics::Metrics;
 
 /// A write and where its answer goes.

@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
+use crate::codec::encode;
 use crate::metrics::Metrics;
 
 /// Why a connection is being closed, as its close frame will say.
@@ -185,17 +186,6 @@ pub struct Hub {
     grace: Duration,
     store: Arc<dyn MessageStore>,
     metrics: Arc<Metrics>,
-}
-
-/// Serializes an event once, to be shared by every connection that gets it.
-pub fn encode(event: &ServerEvent) -> Utf8Bytes {
-    match serde_json::to_string(event) {
-        Ok(s) => Utf8Bytes::from(s),
-        // Unreachable for these types; a visible frame beats a silent gap.
-        Err(e) => Utf8Bytes::from(format!(
-            r#"{{"event":"error","data":{{"code":"internal","message":"{e}"}}}}"#
-        )),
-    }
 }
 
 impl Hub {

@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod clock;
+pub mod codec;
 pub mod committer;
 pub mod config;
 pub mod domain;

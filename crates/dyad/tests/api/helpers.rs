@@ -45,11 +45,16 @@ impl TestServer {
 
     /// A server on an existing database file (for restarts).
     pub async fn spawn_at(db_path: &Path, config: Config) -> TestServer {
+        Self::spawn_on("127.0.0.1:0", db_path, config).await
+    }
+
+    /// A server on a given address and database (a restart "in place").
+    pub async fn spawn_on(addr: &str, db_path: &Path, config: Config) -> TestServer {
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt().with_env_filter("debug").try_init();
         }
         let store = dyad_store::open(&format!("sqlite://{}", db_path.display())).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

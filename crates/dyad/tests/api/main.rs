@@ -12,3 +12,4 @@ mod history;
 mod lifecycle;
 mod messaging;
 mod presence;
+mod session;

@@ -23,17 +23,18 @@ use dyad_store::{NewMessage, SessionRecord, WriteOp};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::bearer;
 use crate::App;
 use crate::clock::now_ms;
+use crate::codec::{decode_data, decode_envelope, encode};
 use crate::committer::{Submission, error_frame};
 use crate::domain::{ClientMsgId, MessageBody};
 use crate::errors::ApiError;
-use crate::hub::{CloseReason, Peer, encode};
+use crate::hub::{CloseReason, Peer};
 
 /// Undelivered messages read from the store per replay page.
 const REPLAY_PAGE: usize = 256;
@@ -282,13 +283,6 @@ fn is_capacity_error(e: &axum::Error) -> bool {
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    event: &'a str,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
 async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut TypingBudget) {
     if text.len() > app.config.max_frame_bytes {
         let limit = app.config.max_frame_bytes;
@@ -300,15 +294,9 @@ async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut Typin
             None,
         );
     }
-    let envelope: Envelope<'_> = match serde_json::from_str(text) {
+    let envelope = match decode_envelope(text) {
         Ok(envelope) => envelope,
-        Err(e) if serde_json::from_str::<IgnoredAny>(text).is_err() => {
-            return refuse(app, peer, ErrorCode::InvalidJson, format!("not JSON: {e}"), None);
-        }
-        Err(_) => {
-            let why = r#"a frame is an object {"event": NAME, "data": {...}}"#.to_owned();
-            return refuse(app, peer, ErrorCode::InvalidPayload, why, None);
-        }
+        Err((code, why)) => return refuse(app, peer, code, why, None),
     };
     let data = envelope.data;
     match envelope.event {
@@ -381,7 +369,7 @@ async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut Typin
 }
 
 async fn send_message(app: &App, peer: &Arc<Peer>, data: Option<&RawValue>) {
-    let msg: SendMessage = match serde_json::from_str(data.map_or("{}", RawValue::get)) {
+    let msg: SendMessage = match decode_data(data) {
         Ok(msg) => msg,
         Err(e) => {
             #[derive(Deserialize)]
@@ -484,7 +472,7 @@ struct UsersData {
 
 /// Decodes `data`, or refuses the frame with `invalid_payload`.
 fn parse<T: DeserializeOwned>(app: &App, peer: &Peer, data: Option<&RawValue>, event: &str) -> Option<T> {
-    match serde_json::from_str(data.map_or("{}", RawValue::get)) {
+    match decode_data(data) {
         Ok(v) => Some(v),
         Err(e) => {
             refuse(app, peer, ErrorCode::InvalidPayload, format!("{event}: {e}"), None);

@@ -1,0 +1,76 @@
+//! The store's batch write: one group-commit transaction of sends and
+//! delivery acks, as the load generator's traffic makes them.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::cell::RefCell;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use dyad_protocol::{MessageId, UserId};
+use dyad_store::{NewMessage, ProvisionedAccount, WriteOp, WriteOutcome};
+
+const USERS: usize = 1000;
+const BATCH: usize = 512;
+
+fn batch(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dyad_store::open(&format!("sqlite://{}", dir.path().join("b.db").display())).unwrap();
+    let accounts = (0..USERS)
+        .map(|i| ProvisionedAccount {
+            username: format!("u{i}"),
+            password_hash: "h".into(),
+            token_hash: {
+                let mut h = [0u8; 32];
+                h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                h
+            },
+            created_at: 0,
+            expires_at: 1,
+        })
+        .collect();
+    let users: Vec<UserId> = runtime.block_on(store.provision(accounts)).unwrap();
+    // (messages sent so far, messages waiting for their delivery ack)
+    let state: RefCell<(usize, Vec<(UserId, MessageId)>)> = RefCell::new((0, Vec::new()));
+
+    let mut group = c.benchmark_group("store");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("sqlite write_batch (half sends, half delivery acks)", |b| {
+        b.iter_batched(
+            || {
+                let (next, pending) = &mut *state.borrow_mut();
+                let mut ops: Vec<WriteOp> = pending
+                    .drain(..)
+                    .take(BATCH / 2)
+                    .map(|(to, id)| WriteOp::Deliver {
+                        recipient_id: to,
+                        message_ids: vec![id],
+                    })
+                    .collect();
+                while ops.len() < BATCH {
+                    let from = *next % USERS;
+                    ops.push(WriteOp::Send(NewMessage {
+                        sender_id: users[from],
+                        recipient_id: users[from ^ 1],
+                        body: "x".repeat(100),
+                        client_msg_id: Some(format!("k{next}")),
+                    }));
+                    *next += 1;
+                }
+                ops
+            },
+            |ops| {
+                let now = state.borrow().0 as i64;
+                for outcome in runtime.block_on(store.write_batch(ops, now)).unwrap() {
+                    if let WriteOutcome::Stored { message, .. } = outcome {
+                        state.borrow_mut().1.push((message.recipient_id, message.id));
+                    }
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, batch);
+criterion_main!(benches);
