@@ -195,11 +195,10 @@ fn dispatch(
         WriteOutcome::Delivered(messages) => {
             for m in messages {
                 metrics.messages_delivered.inc();
-                let Some(delivered_at) = m.delivered_at else { continue };
                 let frame = encode(&ServerEvent::MessageDelivered {
                     message_id: m.id,
                     recipient_id: m.recipient_id,
-                    delivered_at,
+                    delivered_at: m.delivered_at,
                 });
                 hub.deliver_notice(m.sender_id, &frame, m.id);
             }

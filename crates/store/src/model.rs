@@ -126,7 +126,7 @@ pub enum WriteOutcome {
     /// The recipient does not exist; nothing was stored.
     UnknownRecipient,
     /// Messages that this operation turned from sent to delivered.
-    Delivered(Vec<StoredMessage>),
+    Delivered(Vec<DeliveredMessage>),
 }
 
 /// Which page of a conversation.
@@ -181,4 +181,17 @@ pub struct ProvisionedAccount {
     pub created_at: i64,
     /// ms since the epoch.
     pub expires_at: i64,
+}
+
+/// A message that a delivery ack just turned from sent to delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveredMessage {
+    /// The message.
+    pub id: MessageId,
+    /// Who sent it (to be told).
+    pub sender_id: UserId,
+    /// Who acknowledged it.
+    pub recipient_id: UserId,
+    /// When.
+    pub delivered_at: i64,
 }

@@ -228,8 +228,10 @@ async fn delivery_is_recorded_once_and_only_by_the_recipient() {
         match &out[1] {
             WriteOutcome::Delivered(ms) => {
                 assert_eq!(
-                    ms.iter().map(|m| (m.id, m.delivered_at)).collect::<Vec<_>>(),
-                    vec![(m1, Some(50))]
+                    ms.iter()
+                        .map(|m| (m.id, m.sender_id, m.recipient_id, m.delivered_at))
+                        .collect::<Vec<_>>(),
+                    vec![(m1, a, b, 50)]
                 )
             }
             other => panic!("{driver}: {other:?}"),
