@@ -22,6 +22,25 @@ pub enum AdminCommand {
     /// (for load tests: 100,000 users take seconds, not the hours that
     /// hashing a password per login would).
     Provision(ProvisionArgs),
+    /// Fill a store with messages between provisioned pairs of users (for
+    /// measuring history reads and restarts on a big store).
+    Fill(FillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FillArgs {
+    /// The store to fill (the server should not be running).
+    #[arg(long, env = "DYAD_DATABASE", default_value = "sqlite://dyad-data/dyad.db")]
+    database: String,
+    /// Users, in pairs: FILL-0 and FILL-1 chat, FILL-2 and FILL-3, …
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Messages in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: usize,
+    /// Where to write the users' tokens.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -51,8 +70,55 @@ pub struct BenchUser {
     pub token: String,
 }
 
+/// Messages per transaction when filling.
+const FILL_BATCH: usize = 4096;
+/// The fill's clock starts here (ms since the epoch) and moves 1 ms per batch,
+/// so that `before` values between it and the end land at every depth.
+pub const FILL_EPOCH: i64 = 1_700_000_000_000;
+
+async fn fill(args: FillArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.users >= 2 && args.users % 2 == 0, "--users must be even");
+    let users = provision(&args.database, "fill", args.users, Duration::from_secs(30 * 24 * 3600)).await?;
+    write_tokens(&args.out, &users)?;
+    let store = dyad_store::open(&args.database)?;
+    let started = std::time::Instant::now();
+    let mut written = 0usize;
+    let mut batch_no = 0i64;
+    while written < args.messages {
+        let n = FILL_BATCH.min(args.messages - written);
+        let ops = (written..written + n)
+            .map(|i| {
+                let from = i % users.len();
+                dyad_store::WriteOp::Send(dyad_store::NewMessage {
+                    sender_id: users[from].id,
+                    recipient_id: users[from ^ 1].id,
+                    body: format!("fill message {i} {}", "x".repeat(64)),
+                    client_msg_id: Some(format!("fill-{i}")),
+                })
+            })
+            .collect();
+        store.write_batch(ops, FILL_EPOCH + batch_no).await?;
+        written += n;
+        batch_no += 1;
+        if batch_no % 250 == 0 {
+            eprintln!(
+                "{written} messages, {:.0}/s",
+                written as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    eprintln!(
+        "filled {} messages in {:.1} s; tokens in {}",
+        written,
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
 pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
+        AdminCommand::Fill(args) => fill(args).await,
         AdminCommand::Provision(args) => {
             let started = std::time::Instant::now();
             let users = provision(&args.database, &args.prefix, args.users, args.ttl).await?;

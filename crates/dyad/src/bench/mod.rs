@@ -5,6 +5,7 @@
 //!
 //! Against a server it starts itself (the default) or one given by `--url`.
 
+mod history;
 mod idle;
 mod load;
 mod procstat;
@@ -35,6 +36,9 @@ enum BenchMode {
     /// Hold many authenticated idle WebSockets; report the connect rate and
     /// the server's memory per connection.
     Idle(idle::IdleArgs),
+    /// Read history pages (`limit` 50 by default) as fast as a few clients
+    /// can, against a store filled by `dyad admin fill`; report latency.
+    History(history::HistoryArgs),
 }
 
 /// Where the server under test is and how to get users on it.
@@ -169,6 +173,7 @@ async fn spawn_server(database: &str, extra: &[String]) -> anyhow::Result<(Child
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.mode {
         Some(BenchMode::Idle(idle)) => idle::run(idle).await,
+        Some(BenchMode::History(history)) => history::run(history).await,
         None => load::run(args.load).await,
     }
 }

@@ -27,6 +27,8 @@ use writer::{Job, Writer};
 const READERS: usize = 4;
 /// The writer's page cache, in KiB.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// WAL pages after which a commit completes a checkpoint (SQLite's default).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 1000;
 /// How often the checkpointer copies the WAL back into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -85,9 +87,13 @@ impl SqliteStore {
         // Index pages of live conversations stay hot: keep them in memory.
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(backend)?;
-        // Checkpoints run on their own thread (below), not inside commits,
-        // so the writer never stalls copying the WAL back.
-        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(backend)?;
+        // A checkpointer thread (below) copies the WAL back while the writer
+        // works; the writer's own automatic checkpoint then finds little left
+        // to copy, and completing it lets the next transaction restart the
+        // WAL from the top. Without that last step the WAL never resets under
+        // steady writes and grows without bound (seen: 8 GB in two minutes).
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+            .map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
         schema::migrate(&mut conn).map_err(backend)?;
         let mut readers = Vec::with_capacity(READERS);
