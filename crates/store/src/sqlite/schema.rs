@@ -3,7 +3,8 @@
 use rusqlite::Connection;
 
 /// Each entry moves the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            INTEGER PRIMARY KEY,
     username      TEXT    NOT NULL UNIQUE,
@@ -47,7 +48,40 @@ CREATE UNIQUE INDEX messages_by_conversation ON messages (conversation_id, ts);
 CREATE UNIQUE INDEX messages_idempotency ON messages (sender_id, client_msg_id)
     WHERE client_msg_id IS NOT NULL;
 CREATE INDEX messages_pending ON messages (recipient_id, id) WHERE delivered_at IS NULL;
-"#];
+"#,
+    r#"
+-- Idempotency keys are looked up by a 64-bit hash (then compared in full):
+-- the index on the text keys was the largest cost of a send, and it grew
+-- with the store (docs/BENCHMARKS.md).
+ALTER TABLE messages ADD COLUMN client_key INTEGER;
+DROP INDEX messages_idempotency;
+CREATE INDEX messages_by_client_key ON messages (sender_id, client_key) WHERE client_key IS NOT NULL;
+"#,
+];
+
+/// The hash of an idempotency key that the index holds: FNV-1a, 64 bits.
+/// Stable by definition (unlike std's hasher), since it is stored.
+pub(super) fn client_key(client_msg_id: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in client_msg_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// Fills `client_key` for rows written before it existed (step 2).
+fn backfill_client_keys(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let rows: Vec<(i64, String)> = tx
+        .prepare("SELECT id, client_msg_id FROM messages WHERE client_msg_id IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = tx.prepare("UPDATE messages SET client_key = ?2 WHERE id = ?1")?;
+    for (id, key) in rows {
+        update.execute(rusqlite::params![id, client_key(&key)])?;
+    }
+    Ok(())
+}
 
 /// Brings the database up to the newest schema.
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -55,8 +89,45 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if version + 1 == 2 {
+            backfill_client_keys(&tx)?;
+        }
         tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_keys_are_fnv1a_and_never_change() {
+        // Stored in databases: these values must hold forever.
+        assert_eq!(client_key(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
+        assert_eq!(client_key("a"), 0xaf63_dc4c_8601_ec8c_u64 as i64);
+        assert_ne!(client_key("k1"), client_key("k2"));
+    }
+
+    #[test]
+    fn a_version_1_database_gets_its_keys_backfilled() {
+        let mut conn = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
+        let tx = conn.transaction().unwrap_or_else(|e| panic!("{e}"));
+        tx.execute_batch(MIGRATIONS[0]).unwrap_or_else(|e| panic!("{e}"));
+        tx.pragma_update(None, "user_version", 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.execute_batch(
+            "INSERT INTO messages (conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id)
+             VALUES (1, 1, 1, 2, 'hi', 10, 'key-1'), (1, 2, 2, 1, 'yo', 11, NULL)",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+        migrate(&mut conn).unwrap_or_else(|e| panic!("{e}"));
+        let keys: Vec<Option<i64>> = conn
+            .prepare("SELECT client_key FROM messages ORDER BY id")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(keys, vec![Some(client_key("key-1")), None]);
+    }
 }

@@ -2,13 +2,14 @@
 //! jobs in the order they arrive. A whole batch of sends is one job and one
 //! transaction, so one fsync covers every message in it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
 
 use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::rows::{self, MESSAGE_COLUMNS};
+use super::schema::client_key;
 use crate::{DeliveredMessage, NewMessage, StoreError, StoreResult, StoredMessage, WriteOp, WriteOutcome};
 
 /// A unit of work for the writer thread.
@@ -61,7 +62,7 @@ impl Writer {
     fn try_write_batch(&mut self, ops: Vec<WriteOp>, now: i64) -> rusqlite::Result<Vec<WriteOutcome>> {
         let Writer { conn, heads } = self;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut touched: Vec<(i64, i64)> = Vec::new();
+        let mut touched: HashSet<(i64, i64)> = HashSet::new();
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             let outcome = match op {
@@ -91,7 +92,7 @@ impl Writer {
 fn send(
     tx: &rusqlite::Transaction<'_>,
     heads: &mut HashMap<(i64, i64), ConversationHead>,
-    touched: &mut Vec<(i64, i64)>,
+    touched: &mut HashSet<(i64, i64)>,
     msg: NewMessage,
     now: i64,
 ) -> rusqlite::Result<WriteOutcome> {
@@ -99,53 +100,55 @@ fn send(
     if sender == recipient {
         return Ok(WriteOutcome::UnknownRecipient);
     }
-    let key = (sender.min(recipient), sender.max(recipient));
-    let mut head = match heads.get(&key) {
+    let conversation = (sender.min(recipient), sender.max(recipient));
+    let mut head = match heads.get(&conversation) {
         Some(head) => *head,
-        None => match conversation_head(tx, key, recipient)? {
+        None => match conversation_head(tx, conversation, recipient)? {
             Some(head) => head,
             None => return Ok(WriteOutcome::UnknownRecipient),
         },
     };
-    let seq = head.last_seq + 1;
-    let ts = now.max(head.last_ts + 1);
-    let inserted = tx
-        .prepare_cached(
-            "INSERT INTO messages (conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING",
-        )?
-        .execute(params![
-            head.id,
-            seq,
-            sender,
-            recipient,
-            msg.body,
-            ts,
-            msg.client_msg_id
-        ])?;
-    if inserted == 0 {
+    let hashed_key = msg.client_msg_id.as_deref().map(client_key);
+    if let (Some(key), Some(hash)) = (&msg.client_msg_id, hashed_key) {
         // A retry: answer with the message stored under this key the first time.
+        // (One writer, one transaction: nothing can slip in between.)
         let original = tx
             .prepare_cached(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages
-                 WHERE sender_id = ?1 AND client_msg_id = ?2 AND client_msg_id IS NOT NULL"
+                 WHERE sender_id = ?1 AND client_key = ?2 AND client_msg_id = ?3"
             ))?
-            .query_row(params![sender, msg.client_msg_id], rows::message)?;
-        heads.insert(key, head);
-        return Ok(WriteOutcome::Stored {
-            message: original,
-            duplicate: true,
-        });
+            .query_row(params![sender, hash, key], rows::message)
+            .optional()?;
+        if let Some(original) = original {
+            heads.insert(conversation, head);
+            return Ok(WriteOutcome::Stored {
+                message: original,
+                duplicate: true,
+            });
+        }
     }
+    let seq = head.last_seq + 1;
+    let ts = now.max(head.last_ts + 1);
+    tx.prepare_cached(
+        "INSERT INTO messages (conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id, client_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        head.id,
+        seq,
+        sender,
+        recipient,
+        msg.body,
+        ts,
+        msg.client_msg_id,
+        hashed_key
+    ])?;
     let id = tx.last_insert_rowid();
     head.last_seq = seq;
     head.last_ts = ts;
     head.last_message_id = id;
-    heads.insert(key, head);
-    if !touched.contains(&key) {
-        touched.push(key);
-    }
+    heads.insert(conversation, head);
+    touched.insert(conversation);
     Ok(WriteOutcome::Stored {
         message: StoredMessage {
             id: MessageId(id),
