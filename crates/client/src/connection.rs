@@ -223,22 +223,7 @@ impl Connection {
     /// The next event. Pings are answered on the way; a close frame becomes
     /// [`ClientError::Closed`].
     pub async fn next_event(&mut self) -> Result<ServerEvent, ClientError> {
-        loop {
-            let Some(message) = self.ws.next().await else {
-                return Err(ClientError::Closed {
-                    code: 1006,
-                    reason: "connection dropped".into(),
-                });
-            };
-            match message? {
-                Message::Text(text) => return Ok(serde_json::from_str(text.as_str())?),
-                Message::Close(frame) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code.into(), f.reason.to_string()));
-                    return Err(ClientError::Closed { code, reason });
-                }
-                Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            }
-        }
+        next_event(&mut self.ws).await
     }
 
     /// Splits into a sending half and a receiving half, to use from two

@@ -54,6 +54,23 @@ async fn all_history(client: &Client, peer: UserId) -> Vec<(MessageId, i64, Stri
     }
 }
 
+const TOTAL: usize = 400;
+
+/// Connects as `client` and sends `message i` with key `key-i` for every i.
+async fn connect_and_send_all(client: &Client, to: UserId) -> dyad_client::Connection {
+    let mut conn = client.connect().await.unwrap();
+    assert!(matches!(
+        conn.next_event().await.unwrap(),
+        ServerEvent::PendingComplete { count: 0 }
+    ));
+    for i in 0..TOTAL {
+        conn.send_message(to, &format!("message {i}"), Some(&format!("key-{i}")))
+            .await
+            .unwrap();
+    }
+    conn
+}
+
 #[tokio::test]
 async fn every_acked_message_survives_kill_9_and_retries_are_not_stored_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,17 +81,7 @@ async fn every_acked_message_survives_kill_9_and_retries_are_not_stored_twice() 
     alice.login("alice", PASSWORD).await.unwrap();
     let bob = alice.register("bob", PASSWORD).await.unwrap().user_id;
 
-    const TOTAL: usize = 400;
-    let mut conn = alice.connect().await.unwrap();
-    assert!(matches!(
-        conn.next_event().await.unwrap(),
-        ServerEvent::PendingComplete { count: 0 }
-    ));
-    for i in 0..TOTAL {
-        conn.send_message(bob, &format!("message {i}"), Some(&format!("key-{i}")))
-            .await
-            .unwrap();
-    }
+    let mut conn = connect_and_send_all(&alice, bob).await;
     // Kill as soon as part of the acks are in; later sends are mid-flight.
     let mut acked: HashMap<String, (MessageId, i64)> = HashMap::new();
     while acked.len() < TOTAL / 4 {
@@ -118,16 +125,7 @@ async fn every_acked_message_survives_kill_9_and_retries_are_not_stored_twice() 
     );
 
     // The client retries everything; nothing is stored twice.
-    let mut conn = alice.connect().await.unwrap();
-    assert!(matches!(
-        conn.next_event().await.unwrap(),
-        ServerEvent::PendingComplete { count: 0 }
-    ));
-    for i in 0..TOTAL {
-        conn.send_message(bob, &format!("message {i}"), Some(&format!("key-{i}")))
-            .await
-            .unwrap();
-    }
+    let mut conn = connect_and_send_all(&alice, bob).await;
     let mut answered = 0;
     while answered < TOTAL {
         if let ServerEvent::MessageAck {
