@@ -77,7 +77,7 @@ const FILL_BATCH: usize = 4096;
 pub const FILL_EPOCH: i64 = 1_700_000_000_000;
 
 async fn fill(args: FillArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.users >= 2 && args.users % 2 == 0, "--users must be even");
+    anyhow::ensure!(args.users >= 2 && args.users.is_multiple_of(2), "--users must be even");
     let users = provision(&args.database, "fill", args.users, Duration::from_secs(30 * 24 * 3600)).await?;
     write_tokens(&args.out, &users)?;
     let store = dyad_store::open(&args.database)?;

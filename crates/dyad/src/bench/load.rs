@@ -121,7 +121,7 @@ struct UserOutcome {
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.users >= 2 && args.users % 2 == 0,
+        args.users >= 2 && args.users.is_multiple_of(2),
         "--users must be an even number, at least 2"
     );
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
