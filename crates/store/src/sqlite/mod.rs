@@ -20,7 +20,7 @@ use crate::{
     ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId, SessionRecord,
     StoreError, StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
 };
-use rows::USER_COLUMNS;
+use rows::user_columns;
 use writer::{Job, Writer};
 
 /// How many read connections the pool holds.
@@ -187,7 +187,7 @@ impl MessageStore for SqliteStore {
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
         let username = username.to_owned();
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"))?
+            c.prepare_cached(concat!("SELECT ", user_columns!(), " FROM users WHERE username = ?1"))?
                 .query_row([username], rows::user)
                 .optional()
         })
@@ -196,7 +196,7 @@ impl MessageStore for SqliteStore {
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+            c.prepare_cached(concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?1"))?
                 .query_row([id.get()], rows::user)
                 .optional()
         })

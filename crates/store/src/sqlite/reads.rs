@@ -3,7 +3,7 @@
 use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::rows::{self, MESSAGE_COLUMNS};
+use super::rows::{self, MESSAGE_COLUMNS, message_columns};
 use crate::{ConversationSummary, Page, PageRequest, StoredMessage};
 
 pub(super) fn history(c: &Connection, a: UserId, b: UserId, page: PageRequest) -> rusqlite::Result<Page> {
@@ -20,22 +20,26 @@ pub(super) fn history(c: &Connection, a: UserId, b: UserId, page: PageRequest) -
     };
     let (sql, bound, limit) = match page {
         PageRequest::Before { before, limit } => (
-            format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND ts < ?2 ORDER BY ts DESC LIMIT ?3"
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE conversation_id = ?1 AND ts < ?2 ORDER BY ts DESC LIMIT ?3"
             ),
             before.unwrap_or(i64::MAX),
             limit,
         ),
         PageRequest::After { after, limit } => (
-            format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND ts > ?2 ORDER BY ts ASC LIMIT ?3"
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE conversation_id = ?1 AND ts > ?2 ORDER BY ts ASC LIMIT ?3"
             ),
             after,
             limit,
         ),
     };
     let mut messages = c
-        .prepare_cached(&sql)?
+        .prepare_cached(sql)?
         .query_map(params![conversation, bound, limit as i64 + 1], rows::message)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let has_more = messages.len() > limit;
@@ -50,8 +54,10 @@ pub(super) fn pending(
     upto: MessageId,
     limit: usize,
 ) -> rusqlite::Result<Vec<StoredMessage>> {
-    c.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages
+    c.prepare_cached(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages
          WHERE recipient_id = ?1 AND delivered_at IS NULL AND id > ?2 AND id <= ?3
          ORDER BY id LIMIT ?4"
     ))?

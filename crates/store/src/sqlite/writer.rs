@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::rows::{self, MESSAGE_COLUMNS};
+use super::rows::{self, message_columns};
 use super::schema::client_key;
 use crate::{DeliveredMessage, NewMessage, StoreError, StoreResult, StoredMessage, WriteOp, WriteOutcome};
 
@@ -113,9 +113,10 @@ fn send(
         // A retry: answer with the message stored under this key the first time.
         // (One writer, one transaction: nothing can slip in between.)
         let original = tx
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages
-                 WHERE sender_id = ?1 AND client_key = ?2 AND client_msg_id = ?3"
+            .prepare_cached(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE sender_id = ?1 AND client_key = ?2 AND client_msg_id = ?3"
             ))?
             .query_row(params![sender, hash, key], rows::message)
             .optional()?;
