@@ -114,14 +114,25 @@ impl ChatSession {
     /// resent until acknowledged. Returns its `client_msg_id`.
     pub fn send(&self, recipient_id: UserId, message: impl Into<String>) -> Result<String, ClientError> {
         let client_msg_id = new_client_msg_id()?;
+        self.send_with_key(recipient_id, message, client_msg_id.clone())?;
+        Ok(client_msg_id)
+    }
+
+    /// Like [`ChatSession::send`], with the caller's `client_msg_id` (so a
+    /// retry from another process is still stored once).
+    pub fn send_with_key(
+        &self,
+        recipient_id: UserId,
+        message: impl Into<String>,
+        client_msg_id: String,
+    ) -> Result<(), ClientError> {
         let msg = SendMessage {
             recipient_id,
             message: message.into(),
             client_timestamp: None,
-            client_msg_id: Some(client_msg_id.clone()),
+            client_msg_id: Some(client_msg_id),
         };
-        self.command(Command::Send(msg))?;
-        Ok(client_msg_id)
+        self.command(Command::Send(msg))
     }
 
     /// Acknowledges delivery (when `auto_ack` is off).

@@ -1,9 +1,13 @@
-//! `dyad`: the one binary. `dyad serve` runs a chat server; more commands
-//! (clients, load generator) join it as they land.
+//! `dyad`: the one binary. `dyad serve` runs a chat server; `dyad bench` and
+//! `dyad admin` measure and operate it; `dyad register|login|chat|send|
+//! history|…` are the terminal client.
 
 mod admin;
 mod bench;
 mod serve;
+mod term;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +25,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    term: term::Common,
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,14 +39,27 @@ enum Command {
     /// Operator commands on the store.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    #[command(flatten)]
+    Term(term::TermCommand),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the causes, for people and scripts alike.
+            eprintln!("dyad: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
         Command::Admin(command) => runtime.block_on(admin::run(command)),
+        Command::Term(command) => runtime.block_on(term::run(cli.term, command)),
     }
 }

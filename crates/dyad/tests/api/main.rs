@@ -5,6 +5,7 @@
 
 mod accounts;
 mod bench;
+mod browser;
 mod crash;
 mod errors;
 mod helpers;
@@ -13,3 +14,4 @@ mod lifecycle;
 mod messaging;
 mod presence;
 mod session;
+mod terminal;

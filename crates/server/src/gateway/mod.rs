@@ -1,8 +1,10 @@
-//! The gateway: the HTTP routes (REST, WebSocket upgrade, operations) over
-//! the services. Handlers stay thin: decode, call a service, encode.
+//! The gateway: the HTTP routes (REST, WebSocket upgrade, operations, the
+//! browser client) over the services. Handlers stay thin: decode, call a
+//! service, encode.
 
 mod ops;
 mod rest;
+mod web;
 mod ws;
 
 use std::sync::Arc;
@@ -29,6 +31,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/messages/{user_id}", get(rest::history))
         .route("/api/v1/conversations", get(rest::conversations))
         .route("/api/v1/ws", get(ws::upgrade))
+        .route("/", get(web::index))
+        .route("/app.js", get(web::script))
+        .route("/app.css", get(web::stylesheet))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -1,0 +1,336 @@
+//! The terminal client: `dyad register|login|logout|send|history|conversations|chat`.
+//!
+//! Credentials (server, user and token, never the password) live in one JSON
+//! file, readable only by its owner. Every command but `chat` is scriptable:
+//! `--json` prints the protocol's own bodies, and failures exit non-zero with
+//! the server's error code and text on stderr.
+
+mod chat;
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use dyad_client::protocol::{MessageView, UserId};
+use dyad_client::{ChatSession, Client, SessionEvent, SessionOptions};
+use serde::{Deserialize, Serialize};
+
+/// Options every terminal command takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The credentials file [default: $XDG_CONFIG_HOME/dyad/credentials.json,
+    /// else ~/.config/dyad/credentials.json].
+    #[arg(long, env = "DYAD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TermCommand {
+    /// Create an account and log in to it.
+    Register(LoginArgs),
+    /// Log in; the session is kept in the credentials file.
+    Login(LoginArgs),
+    /// End the session on the server and forget it here.
+    Logout,
+    /// Send one message and wait until the server has stored it.
+    Send(SendArgs),
+    /// Print a conversation's history, oldest first.
+    History(HistoryArgs),
+    /// List your conversations, most recent first.
+    Conversations(JsonFlag),
+    /// Chat interactively: lines you type are sent; incoming messages,
+    /// delivered ticks, presence and typing show as they happen.
+    Chat(ChatArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Your username.
+    username: String,
+    /// The server.
+    #[arg(long, env = "DYAD_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Read the password from the first line of stdin instead of prompting.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON (the server's own bodies) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Who to send to.
+    username: String,
+    /// The text.
+    text: String,
+    /// The idempotency key; repeat it to retry without a second copy
+    /// [default: a new random key].
+    #[arg(long)]
+    client_msg_id: Option<String>,
+    #[command(flatten)]
+    out: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The other participant.
+    username: String,
+    /// How many messages (1–100).
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Only messages older than this (ms since the epoch).
+    #[arg(long)]
+    before: Option<i64>,
+    #[command(flatten)]
+    out: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Who to chat with.
+    username: String,
+    /// How many earlier messages to show first.
+    #[arg(long, default_value_t = 20)]
+    history: u32,
+}
+
+/// What the credentials file holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Credentials {
+    server: String,
+    username: String,
+    user_id: UserId,
+    token: String,
+    expires_at: i64,
+}
+
+pub async fn run(common: Common, command: TermCommand) -> anyhow::Result<()> {
+    let path = match common.config {
+        Some(path) => path,
+        None => default_config_path()?,
+    };
+    match command {
+        TermCommand::Register(args) => {
+            let password = read_password(args.password_stdin)?;
+            Client::new(&args.server).register(&args.username, &password).await?;
+            login(&path, &args, &password).await
+        }
+        TermCommand::Login(args) => {
+            let password = read_password(args.password_stdin)?;
+            login(&path, &args, &password).await
+        }
+        TermCommand::Logout => logout(&path).await,
+        TermCommand::Send(args) => send(&path, args).await,
+        TermCommand::History(args) => history(&path, args).await,
+        TermCommand::Conversations(out) => conversations(&path, out).await,
+        TermCommand::Chat(args) => {
+            let (credentials, client) = logged_in(&path)?;
+            chat::run(credentials, client, args).await
+        }
+    }
+}
+
+fn default_config_path() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set; pass --config")?).join(".config"),
+    };
+    Ok(base.join("dyad").join("credentials.json"))
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    rpassword::prompt_password("Password: ").context("cannot read a password from the terminal; try --password-stdin")
+}
+
+async fn login(path: &Path, args: &LoginArgs, password: &str) -> anyhow::Result<()> {
+    let mut client = Client::new(&args.server);
+    let session = client.login(&args.username, password).await?;
+    let credentials = Credentials {
+        server: client.base_url().to_owned(),
+        username: args.username.to_lowercase(),
+        user_id: session.user_id,
+        token: session.token,
+        expires_at: session.expires_at,
+    };
+    save(path, &credentials)?;
+    println!("logged in as {} on {}", credentials.username, credentials.server);
+    Ok(())
+}
+
+/// Writes the file readable by its owner only: it holds a bearer token.
+fn save(path: &Path, credentials: &Credentials) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    serde_json::to_writer_pretty(&mut file, credentials)?;
+    file.write_all(b"\n")?;
+    Ok(())
+}
+
+fn logged_in(path: &Path) -> anyhow::Result<(Credentials, Client)> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("not logged in: run `dyad login USERNAME` first"),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let credentials: Credentials =
+        serde_json::from_str(&text).with_context(|| format!("{} is damaged; log in again", path.display()))?;
+    let client = Client::new(&credentials.server).with_token(credentials.token.clone(), credentials.user_id);
+    Ok((credentials, client))
+}
+
+async fn logout(path: &Path) -> anyhow::Result<()> {
+    let (credentials, client) = logged_in(path)?;
+    let result = client.logout().await;
+    // Forget the token here even if the server could not be told.
+    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    result?;
+    println!("logged out {}", credentials.username);
+    Ok(())
+}
+
+async fn peer(client: &Client, username: &str) -> anyhow::Result<UserId> {
+    Ok(client.user_by_username(username).await?.user_id)
+}
+
+async fn send(path: &Path, args: SendArgs) -> anyhow::Result<()> {
+    let (_, client) = logged_in(path)?;
+    let to = peer(&client, &args.username).await?;
+    // A session without auto-ack: messages waiting for this user stay
+    // pending for the devices where they will be read.
+    let options = SessionOptions {
+        auto_ack: false,
+        ..SessionOptions::default()
+    };
+    let mut session = ChatSession::start(client, options);
+    let key = match args.client_msg_id {
+        Some(key) => key,
+        None => new_key()?,
+    };
+    session.send_with_key(to, args.text, key.clone())?;
+    while let Some(event) = session.next().await {
+        match event {
+            SessionEvent::Sent {
+                client_msg_id,
+                message_id,
+                seq,
+                timestamp,
+            } if client_msg_id == key => {
+                if args.out.json {
+                    let ack = serde_json::json!({
+                        "client_msg_id": client_msg_id, "message_id": message_id, "recipient_id": to,
+                        "timestamp": timestamp, "seq": seq,
+                    });
+                    println!("{ack}");
+                } else {
+                    println!("sent to {} (seq {seq})", args.username);
+                }
+                return Ok(());
+            }
+            SessionEvent::Refused(error) if error.client_msg_id.as_deref() == Some(&key) => {
+                bail!("{}: {}", error.code.as_str(), error.message)
+            }
+            SessionEvent::Disconnected { reason } if reason == "unauthorized" => {
+                bail!("the session has ended: log in again")
+            }
+            _ => {}
+        }
+    }
+    bail!("the connection ended before the message was stored")
+}
+
+fn new_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random generator failed: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+async fn history(path: &Path, args: HistoryArgs) -> anyhow::Result<()> {
+    let (credentials, client) = logged_in(path)?;
+    let with = peer(&client, &args.username).await?;
+    let mut query = vec![("limit", args.limit.to_string())];
+    if let Some(before) = args.before {
+        query.push(("before", before.to_string()));
+    }
+    let page = client.history(with, &query).await?;
+    if args.out.json {
+        println!("{}", serde_json::to_string(&page)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    if page.has_more {
+        writeln!(
+            out,
+            "(older messages: --before {})",
+            page.messages.last().map_or(0, |m| m.timestamp)
+        )?;
+    }
+    for message in page.messages.iter().rev() {
+        writeln!(out, "{}", line(&credentials, &args.username, message, true))?;
+    }
+    Ok(())
+}
+
+async fn conversations(path: &Path, out: JsonFlag) -> anyhow::Result<()> {
+    let (credentials, client) = logged_in(path)?;
+    let list = client.conversations().await?;
+    if out.json {
+        println!("{}", serde_json::to_string(&list)?);
+        return Ok(());
+    }
+    for c in &list.conversations {
+        println!(
+            "{:<20} {}",
+            c.username,
+            line(&credentials, &c.username, &c.last_message, true)
+        );
+    }
+    Ok(())
+}
+
+/// One message as a line: `[14:02] bob: text`, with ✓/✓✓ on your own.
+fn line(me: &Credentials, peer_name: &str, message: &MessageView, with_date: bool) -> String {
+    let mine = message.sender_id == me.user_id;
+    let who = if mine { "you" } else { peer_name };
+    let ticks = match (mine, message.status) {
+        (false, _) => "",
+        (true, dyad_client::protocol::MessageStatus::Sent) => " ✓",
+        (true, dyad_client::protocol::MessageStatus::Delivered) => " ✓✓",
+    };
+    format!(
+        "[{}] {who}: {}{ticks}",
+        local_time(message.timestamp, with_date),
+        message.message
+    )
+}
+
+/// `ms` since the epoch as local wall time.
+fn local_time(ms: i64, with_date: bool) -> String {
+    let format = if with_date { "%Y-%m-%d %H:%M" } else { "%H:%M:%S" };
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t
+            .to_zoned_datetime(jiff::tz::TimeZone::system())
+            .strftime(format)
+            .to_string(),
+        Err(_) => ms.to_string(),
+    }
+}

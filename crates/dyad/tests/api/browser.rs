@@ -1,0 +1,327 @@
+//! The browser client, in a real browser: Debian's headless Chromium driven
+//! over WebDriver (chromedriver) by fantoccini. Two users, two browsers (two
+//! profiles: separate storage), one real server that is restarted mid-test.
+//!
+//! With `DYAD_SCREENSHOTS=DIR` the test saves the main screens there (that
+//! is how `docs/screenshots/` is made).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fantoccini::key::Key;
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TestServer, test_config};
+
+/// Browsers on a busy 2-core machine are slow; a page condition gets this long.
+const PAGE_WAIT: Duration = Duration::from_secs(30);
+
+/// A chromedriver process on a free port, killed when dropped.
+struct Chromedriver {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+impl Chromedriver {
+    async fn start() -> Chromedriver {
+        let path = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        assert!(
+            std::path::Path::new(&path).exists(),
+            "{path} not found: install Debian's chromium and chromium-driver (.ci/run does)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(&path)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while reqwest::get(format!("{url}/status")).await.is_err() {
+            assert!(started.elapsed() < PAGE_WAIT, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Chromedriver { url, _child: child }
+    }
+
+    /// A new browser: its own Chromium process and empty profile.
+    async fn browser(&self) -> Browser {
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                // The machine's network is closed: no background calls home.
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-quic", "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync", "--window-size=1100,720"],
+            }),
+        );
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .unwrap()
+    }
+}
+
+/// Runs `script` (which must `return` a boolean) until it is true.
+async fn wait_for(browser: &Browser, what: &str, script: &str, args: Vec<Value>) {
+    let started = Instant::now();
+    loop {
+        if browser.execute(script, args.clone()).await.unwrap() == Value::Bool(true) {
+            return;
+        }
+        if started.elapsed() > PAGE_WAIT {
+            let body = browser
+                .execute("return document.body.innerText", vec![])
+                .await
+                .unwrap_or_default();
+            panic!("waited {PAGE_WAIT:?} for {what}; the page shows:\n{body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for a message bubble with exactly `text`, `mine` or not, whose
+/// status is one of `statuses` (any when empty).
+async fn wait_for_message(browser: &Browser, text: &str, mine: bool, statuses: &[&str]) {
+    let script = "const [text, side, statuses] = arguments;
+        return [...document.querySelectorAll('#message-list .msg.' + side)].some((m) =>
+            m.querySelector('.text').textContent === text
+            && (statuses.length === 0 || statuses.includes(m.dataset.status)));";
+    let side = if mine { "mine" } else { "theirs" };
+    let what = format!("{side} message {text:?} with status in {statuses:?}");
+    wait_for(browser, &what, script, vec![json!(text), json!(side), json!(statuses)]).await;
+}
+
+/// How many bubbles of the open chat hold exactly `text`.
+async fn count_messages(browser: &Browser, text: &str) -> u64 {
+    let script = "return [...document.querySelectorAll('#message-list .msg .text')]
+        .filter((t) => t.textContent === arguments[0]).length;";
+    browser
+        .execute(script, vec![json!(text)])
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap()
+}
+
+async fn text_of(browser: &Browser, css: &str) -> String {
+    browser.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+}
+
+async fn fill(browser: &Browser, css: &str, text: &str) {
+    let input = browser.find(Locator::Css(css)).await.unwrap();
+    input.clear().await.unwrap();
+    input.send_keys(text).await.unwrap();
+}
+
+async fn click(browser: &Browser, css: &str) {
+    browser.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
+}
+
+async fn register(browser: &Browser, base: &str, name: &str) {
+    browser.goto(base).await.unwrap();
+    wait_for(
+        browser,
+        "the sign-in form",
+        "return !document.getElementById('auth').hidden",
+        vec![],
+    )
+    .await;
+    fill(browser, "#username", name).await;
+    fill(browser, "#password", PASSWORD).await;
+    click(browser, "#register-btn").await;
+    signed_in_as(browser, name).await;
+}
+
+async fn signed_in_as(browser: &Browser, name: &str) {
+    let script = "return !document.getElementById('app').hidden
+        && document.getElementById('me').textContent === arguments[0]
+        && document.body.dataset.link === 'online';";
+    wait_for(
+        browser,
+        &format!("signed in and online as {name}"),
+        script,
+        vec![json!(name)],
+    )
+    .await;
+}
+
+async fn send(browser: &Browser, text: &str) {
+    let input = browser.find(Locator::Css("#message-input")).await.unwrap();
+    input.send_keys(text).await.unwrap();
+    input.send_keys(&Key::Enter.to_string()).await.unwrap();
+}
+
+async fn open_chat(browser: &Browser, peer: &str) {
+    click(browser, &format!("#conversations .conv[data-username='{peer}']")).await;
+    let script = "return document.getElementById('peer-name').textContent === arguments[0]";
+    wait_for(browser, &format!("the chat with {peer}"), script, vec![json!(peer)]).await;
+}
+
+async fn wait_presence(browser: &Browser, prefix: &str) {
+    let script = "return document.getElementById('peer-presence').textContent.startsWith(arguments[0])";
+    wait_for(
+        browser,
+        &format!("peer presence {prefix:?}"),
+        script,
+        vec![json!(prefix)],
+    )
+    .await;
+}
+
+async fn screenshot(browser: &Browser, name: &str) {
+    let Some(dir) = std::env::var_os("DYAD_SCREENSHOTS") else {
+        return;
+    };
+    let png = browser.screenshot().await.unwrap();
+    std::fs::write(PathBuf::from(dir).join(name), png).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_chat_in_the_browser() {
+    let server = TestServer::spawn().await;
+    let base = server.base.clone();
+    let driver = Chromedriver::start().await;
+    let alice = driver.browser().await;
+    let bob = driver.browser().await;
+
+    // Both register; the sign-in form turns into the app.
+    alice.goto(&base).await.unwrap();
+    wait_for(
+        &alice,
+        "the sign-in form",
+        "return !document.getElementById('auth').hidden",
+        vec![],
+    )
+    .await;
+    screenshot(&alice, "sign-in.png").await;
+    register(&alice, &base, "alice").await;
+    register(&bob, &base, "bob").await;
+
+    // Alice starts a chat by username; an unknown name is a clear error.
+    fill(&alice, "#new-chat-name", "nobody").await;
+    click(&alice, "#new-chat button").await;
+    let script = "return document.getElementById('new-chat-error').textContent.includes('No user named')";
+    wait_for(&alice, "the unknown-user error", script, vec![]).await;
+    fill(&alice, "#new-chat-name", "bob").await;
+    click(&alice, "#new-chat button").await;
+    let script = "return document.getElementById('peer-name').textContent === 'bob'";
+    wait_for(&alice, "the chat with bob", script, vec![]).await;
+    wait_presence(&alice, "online").await;
+
+    // Alice -> Bob: Bob's browser has it (and acks it), so Alice sees ✓✓.
+    send(&alice, "Hi Bob!").await;
+    wait_for_message(&alice, "Hi Bob!", true, &["delivered"]).await;
+    assert_eq!(text_of(&alice, "#message-list .msg.mine .ticks").await, "✓✓");
+    let script = "return [...document.querySelectorAll('#conversations .conv')].some((c) =>
+        c.dataset.username === 'alice' && c.querySelector('.preview').textContent === 'Hi Bob!')";
+    wait_for(&bob, "alice's message in bob's conversation list", script, vec![]).await;
+    open_chat(&bob, "alice").await;
+    wait_for_message(&bob, "Hi Bob!", false, &[]).await;
+
+    // Bob -> Alice, with markup that must stay text.
+    let hostile = "<b>bold</b> & <img src=x onerror=\"window.pwned=1\">";
+    send(&bob, hostile).await;
+    wait_for_message(&bob, hostile, true, &["delivered"]).await;
+    wait_for_message(&alice, hostile, false, &[]).await;
+    let script = "return [...document.querySelectorAll('#message-list .msg .text')]
+        .every((t) => t.children.length === 0) && window.pwned === undefined";
+    assert_eq!(
+        alice.execute(script, vec![]).await.unwrap(),
+        json!(true),
+        "a message was rendered as HTML"
+    );
+
+    // Typing shows on the other side.
+    let input = bob.find(Locator::Css("#message-input")).await.unwrap();
+    input.send_keys("typing something").await.unwrap();
+    let script = "return !document.getElementById('typing').hidden";
+    wait_for(&alice, "bob's typing indicator", script, vec![]).await;
+    screenshot(&alice, "chat.png").await;
+    input.clear().await.unwrap();
+
+    // Bob leaves: after the grace period Alice sees "last seen"; he comes
+    // back (his session kept across the reload) and she sees him online.
+    bob.goto("about:blank").await.unwrap();
+    wait_presence(&alice, "last seen").await;
+    let script = "return document.querySelector('#conversations .conv .presence').textContent.startsWith('last seen')";
+    wait_for(&alice, "last seen in the conversation list", script, vec![]).await;
+    screenshot(&alice, "last-seen.png").await;
+    bob.goto(&base).await.unwrap();
+    signed_in_as(&bob, "bob").await;
+    wait_presence(&alice, "online").await;
+
+    // A reload keeps Alice signed in, and the history is there.
+    alice.refresh().await.unwrap();
+    signed_in_as(&alice, "alice").await;
+    open_chat(&alice, "bob").await;
+    wait_for_message(&alice, "Hi Bob!", true, &["delivered"]).await;
+    wait_for_message(&alice, hostile, false, &[]).await;
+
+    // The server restarts. What Alice writes meanwhile waits in a visible
+    // queue, goes out when the link is back, and shows once on each side.
+    open_chat(&bob, "alice").await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    let (db, _dir) = server.stop_keep().await;
+    let script = "return document.body.dataset.link !== 'online'";
+    wait_for(&alice, "alice's link to drop", script, vec![]).await;
+    send(&alice, "Are you there?").await;
+    wait_for_message(&alice, "Are you there?", true, &["queued"]).await;
+    assert_eq!(
+        text_of(&alice, "#message-list .msg.mine[data-status='queued'] .ticks").await,
+        "◷"
+    );
+    screenshot(&alice, "offline-queue.png").await;
+    let server = TestServer::spawn_on(&addr, &db, test_config()).await;
+    wait_for_message(&alice, "Are you there?", true, &["delivered"]).await;
+    wait_for_message(&bob, "Are you there?", false, &[]).await;
+    assert_eq!(count_messages(&alice, "Are you there?").await, 1);
+    assert_eq!(count_messages(&bob, "Are you there?").await, 1);
+    let stored = server.login("alice").await;
+    let bob_id = stored.client.user_by_username("bob").await.unwrap().user_id;
+    let history = stored.history(bob_id, &[]).await;
+    assert_eq!(history.iter().filter(|m| m.message == "Are you there?").count(), 1);
+
+    // Logout signs Bob out here and stays signed out across a reload.
+    click(&bob, "#logout-btn").await;
+    let signed_out = "return !document.getElementById('auth').hidden";
+    wait_for(&bob, "bob's sign-in form", signed_out, vec![]).await;
+    bob.refresh().await.unwrap();
+    wait_for(&bob, "bob's sign-in form after a reload", signed_out, vec![]).await;
+
+    alice.close().await.unwrap();
+    bob.close().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_page_and_its_files_come_from_the_binary_with_a_strict_policy() {
+    let server = TestServer::spawn().await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/app.js", "text/javascript"),
+        ("/app.css", "text/css"),
+    ] {
+        let response = reqwest::get(format!("{}{path}", server.base)).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let headers = response.headers();
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("script-src 'self'"), "{path}: {policy}");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert!(!response.text().await.unwrap().is_empty());
+    }
+    server.stop().await;
+}

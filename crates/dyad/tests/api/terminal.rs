@@ -1,0 +1,203 @@
+//! The terminal client: the real `dyad` binary against a real server, as a
+//! person or a script would use it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use dyad_client::Client;
+use dyad_client::protocol::{ClientEvent, ErrorCode, ServerEvent};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::helpers::{PASSWORD, TestServer, WAIT};
+
+fn dyad(config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dyad"));
+    command
+        .env("DYAD_CONFIG", config)
+        .env_remove("DYAD_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `dyad ARGS` with `stdin` and returns what it printed.
+async fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = dyad(config).args(args).spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("dyad did not finish")
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "dyad failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn failure(output: &Output) -> String {
+    assert!(!output.status.success(), "dyad should have failed");
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+/// Reads the chat's output until a line contains `text`.
+async fn wait_line(lines: &mut Lines<BufReader<ChildStdout>>, text: &str) -> String {
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(text) {
+                return line;
+            }
+        }
+        panic!("the chat ended before printing {text:?}")
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("the chat did not print {text:?} within {WAIT:?}"))
+}
+
+#[tokio::test]
+async fn register_login_send_history_and_logout_from_scripts() {
+    let server = TestServer::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice/credentials.json");
+    let bob = dir.path().join("bob.json");
+    let password = format!("{PASSWORD}\n");
+
+    let out = run(
+        &alice,
+        &["register", "Alice", "--server", &server.base, "--password-stdin"],
+        &password,
+    )
+    .await;
+    assert!(stdout(&out).contains("logged in as alice"));
+    let mode = std::fs::metadata(&alice).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the credentials file holds a token");
+    let out = run(
+        &bob,
+        &["register", "bob", "--server", &server.base, "--password-stdin"],
+        &password,
+    )
+    .await;
+    stdout(&out);
+
+    // A wrong password is refused and keeps no file.
+    let stranger = dir.path().join("stranger.json");
+    let out = run(
+        &stranger,
+        &["login", "bob", "--server", &server.base, "--password-stdin"],
+        "wrong password\n",
+    )
+    .await;
+    assert!(failure(&out).contains("invalid_credentials"));
+    assert!(!stranger.exists());
+    assert!(failure(&run(&stranger, &["history", "alice"], "").await).contains("not logged in"));
+
+    // send --json answers with the stored message; a retry with the same
+    // key is the same message.
+    let args = [
+        "send",
+        "bob",
+        "hello from the terminal",
+        "--json",
+        "--client-msg-id",
+        "k1",
+    ];
+    let first: serde_json::Value = serde_json::from_str(&stdout(&run(&alice, &args, "").await)).unwrap();
+    assert_eq!(first["seq"], 1);
+    let again: serde_json::Value = serde_json::from_str(&stdout(&run(&alice, &args, "").await)).unwrap();
+    assert_eq!(again["message_id"], first["message_id"]);
+    let out = run(&alice, &["send", "nobody", "hi"], "").await;
+    assert!(failure(&out).contains("user_not_found"));
+    let out = run(&alice, &["send", "bob", "   "], "").await;
+    assert!(failure(&out).contains("empty_message"));
+
+    // history: text oldest first, or the server's page as JSON.
+    let text = stdout(&run(&bob, &["history", "alice"], "").await);
+    assert!(text.contains("alice: hello from the terminal"), "{text}");
+    let page: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&bob, &["history", "alice", "--json"], "").await)).unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(page["messages"][0]["message_id"], first["message_id"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&bob, &["conversations", "--json"], "").await)).unwrap();
+    assert_eq!(list["conversations"][0]["username"], "alice");
+
+    // logout ends the session on the server, not only here.
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+    let token = saved["token"].as_str().unwrap().to_owned();
+    let user_id = serde_json::from_value(saved["user_id"].clone()).unwrap();
+    stdout(&run(&alice, &["logout"], "").await);
+    assert!(!alice.exists());
+    let old = Client::new(&server.base).with_token(token, user_id);
+    assert_eq!(
+        old.conversations().await.unwrap_err().code(),
+        Some(ErrorCode::Unauthorized)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn chat_shows_messages_ticks_presence_and_typing_as_they_happen() {
+    let server = TestServer::spawn().await;
+    let alice = server.user("alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let bob_config = dir.path().join("bob.json");
+    let out = run(
+        &bob_config,
+        &["register", "bob", "--server", &server.base, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    stdout(&out);
+    let bob_id = alice.client.user_by_username("bob").await.unwrap().user_id;
+    let mut a = alice.connect().await;
+    a.send_and_ack(bob_id, "before the chat", "k0").await;
+
+    let mut chat: Child = dyad(&bob_config).args(["chat", "alice"]).spawn().unwrap();
+    let mut input = chat.stdin.take().unwrap();
+    let mut lines = BufReader::new(chat.stdout.take().unwrap()).lines();
+    let header = wait_line(&mut lines, "chatting with alice").await;
+    assert!(header.contains("online"), "{header}");
+    wait_line(&mut lines, "alice: before the chat").await;
+    // The chat acknowledges what it showed: Alice gets her delivered tick.
+    a.expect_delivered().await;
+
+    // Live both ways, with ticks.
+    let ack = a.send_and_ack(bob_id, "live from alice", "k1").await;
+    wait_line(&mut lines, "alice: live from alice").await;
+    assert_eq!(a.expect_delivered().await, ack.message_id);
+    input.write_all(b"reply from bob\n").await.unwrap();
+    let reply = a.expect_message().await;
+    assert_eq!(reply.message, "reply from bob");
+    wait_line(&mut lines, "✓ sent").await;
+    a.0.delivery_ack(vec![reply.message_id]).await.unwrap();
+    wait_line(&mut lines, "✓✓ delivered: reply from bob").await;
+
+    // Typing, then presence: Alice leaves and comes back.
+    a.0.send(&ClientEvent::Typing { recipient_id: bob_id }).await.unwrap();
+    wait_line(&mut lines, "alice is typing").await;
+    a.0.close().await.unwrap();
+    wait_line(&mut lines, "alice is offline, last seen").await;
+    let mut a = alice.connect().await;
+    wait_line(&mut lines, "alice is online").await;
+
+    // End of input: the last line is still stored before the chat exits.
+    input.write_all(b"last words\n").await.unwrap();
+    drop(input);
+    let status = tokio::time::timeout(WAIT, chat.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    match a.next().await {
+        ServerEvent::ReceiveMessage(m) => assert_eq!(m.message, "last words"),
+        other => panic!("expected the last message, got {other:?}"),
+    }
+    server.stop().await;
+}

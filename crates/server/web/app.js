@@ -1,0 +1,719 @@
+// dyad's browser client: one file, no build step, no dependencies.
+//
+// Everything the user sees is drawn from `state` by the render functions;
+// every text a user wrote goes into the page through `textContent`, never as
+// HTML. Messages written while offline wait in an outbox kept in
+// localStorage and go out with their `client_msg_id` once the socket is back,
+// so the server stores each one once however often it is sent.
+"use strict";
+
+const API = "/api/v1";
+const HISTORY_PAGE = 50;
+const TYPING_SHOWN_MS = 4000;
+const TYPING_SEND_EVERY_MS = 2000;
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 30000;
+// Codes after which resending the same message can never succeed.
+const FINAL_ERRORS = new Set(["empty_message", "message_too_long", "unknown_recipient", "invalid_payload", "frame_too_large"]);
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  session: null, // {token, user_id, username, expires_at}
+  ws: null,
+  link: "offline", // offline | connecting | online
+  attempt: 0,
+  reconnectTimer: null,
+  lastFrameAt: 0,
+  heartbeatMs: 30000,
+  livenessTimer: null,
+  // user_id -> {user_id, username, last_message, presence: {status, last_seen}, unread, typingUntil}
+  peers: new Map(),
+  open: null, // user_id of the open conversation
+  // user_id -> {byId: Map(message_id -> message), hasMore, loading, loaded}
+  chats: new Map(),
+  outbox: [], // [{client_msg_id, recipient_id, message, client_timestamp, status, error, sentOn}]
+  connectionSerial: 0,
+  pendingAcks: new Set(),
+  refreshPending: false,
+  lastTypingSent: 0,
+};
+
+// ---------------------------------------------------------------- storage
+
+const SESSION_KEY = "dyad.session";
+const outboxKey = () => `dyad.outbox.${state.session.user_id}`;
+
+function loadSession() {
+  try {
+    const s = JSON.parse(localStorage.getItem(SESSION_KEY));
+    if (s && s.token && s.expires_at > Date.now()) return s;
+  } catch (_) { /* a damaged entry is the same as none */ }
+  localStorage.removeItem(SESSION_KEY);
+  return null;
+}
+
+function saveOutbox() {
+  localStorage.setItem(outboxKey(), JSON.stringify(state.outbox.map(({ sentOn, ...item }) => item)));
+}
+
+function loadOutbox() {
+  try {
+    const items = JSON.parse(localStorage.getItem(outboxKey()));
+    return Array.isArray(items) ? items : [];
+  } catch (_) {
+    return [];
+  }
+}
+
+// ------------------------------------------------------------------- REST
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (state.session) headers.Authorization = `Bearer ${state.session.token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(API + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (_) {
+    throw new ApiError(0, "network", "The server cannot be reached.");
+  }
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = data.error || {};
+    if (response.status === 401 && state.session && path !== "/sessions") signedOut();
+    throw new ApiError(response.status, error.code || "http_" + response.status, error.message || response.statusText);
+  }
+  return data;
+}
+
+// --------------------------------------------------------------- accounts
+
+async function submitAuth(event) {
+  event.preventDefault();
+  const action = event.submitter ? event.submitter.value : "login";
+  const username = $("username").value.trim();
+  const password = $("password").value;
+  $("auth-error").textContent = "";
+  try {
+    if (action === "register") await api("POST", "/users", { username, password });
+    const s = await api("POST", "/sessions", { username, password });
+    state.session = { token: s.token, user_id: s.user_id, username: username.toLowerCase(), expires_at: s.expires_at };
+    localStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
+    $("password").value = "";
+    signedIn();
+  } catch (e) {
+    $("auth-error").textContent = e.message;
+  }
+}
+
+async function logout() {
+  try {
+    await api("DELETE", "/sessions/current");
+  } catch (_) { /* the token is dropped here either way */ }
+  signedOut();
+}
+
+function signedIn() {
+  state.outbox = loadOutbox();
+  $("auth").hidden = true;
+  $("app").hidden = false;
+  $("me").textContent = state.session.username;
+  refreshConversations();
+  connect();
+  render();
+}
+
+function signedOut() {
+  localStorage.removeItem(SESSION_KEY);
+  state.session = null;
+  disconnect();
+  state.peers.clear();
+  state.chats.clear();
+  state.open = null;
+  state.outbox = [];
+  $("app").hidden = true;
+  $("auth").hidden = false;
+  $("message-list").replaceChildren();
+  $("conversations").replaceChildren();
+}
+
+// -------------------------------------------------------------- WebSocket
+
+function connect() {
+  if (!state.session) return;
+  clearTimeout(state.reconnectTimer);
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${scheme}//${location.host}${API}/ws?token=${encodeURIComponent(state.session.token)}`);
+  state.ws = ws;
+  state.link = "connecting";
+  let opened = false;
+  ws.onmessage = (frame) => {
+    state.lastFrameAt = Date.now();
+    let envelope;
+    try {
+      envelope = JSON.parse(frame.data);
+    } catch (_) {
+      return;
+    }
+    if (envelope.event === "connected") opened = true;
+    onEvent(envelope.event, envelope.data || {});
+  };
+  ws.onclose = (close) => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    state.link = "offline";
+    clearInterval(state.livenessTimer);
+    render();
+    if (close.code === 1008 || !opened) {
+      // Revoked, or refused before `connected` (perhaps 401): a REST call
+      // tells which, and signs out if the token is gone.
+      refreshConversations();
+    }
+    scheduleReconnect();
+  };
+  renderLink();
+}
+
+/** Closes the socket on purpose: no reconnect follows. */
+function disconnect() {
+  clearTimeout(state.reconnectTimer);
+  clearInterval(state.livenessTimer);
+  if (state.ws) {
+    state.ws.onclose = null;
+    state.ws.close(1000);
+  }
+  state.ws = null;
+  state.link = "offline";
+}
+
+function scheduleReconnect() {
+  if (!state.session) return;
+  const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt);
+  const delay = ceiling / 2 + Math.random() * ceiling / 2;
+  state.attempt += 1;
+  clearTimeout(state.reconnectTimer);
+  state.reconnectTimer = setTimeout(connect, delay);
+}
+
+function send(event, data) {
+  if (state.ws && state.link === "online") {
+    state.ws.send(JSON.stringify({ event, data }));
+    return true;
+  }
+  return false;
+}
+
+function onEvent(event, data) {
+  switch (event) {
+    case "connected": return onConnected(data);
+    case "receive_message": return onMessage(data);
+    case "message_ack": return onAck(data);
+    case "message_delivered": return onDelivered(data);
+    case "presence": return onPresence(data);
+    case "typing": return onTyping(data);
+    case "error": return onError(data);
+    default: return undefined; // pending_complete, pong: nothing to draw
+  }
+}
+
+function onConnected(data) {
+  state.link = "online";
+  state.attempt = 0;
+  state.connectionSerial += 1;
+  state.heartbeatMs = data.heartbeat_interval_ms || 30000;
+  clearInterval(state.livenessTimer);
+  // Browsers answer the server's pings without telling the page, so the
+  // page checks the link itself: a ping event, and a reconnect if nothing
+  // came back for two intervals (a laptop that slept, a dead Wi-Fi).
+  state.livenessTimer = setInterval(() => {
+    if (Date.now() - state.lastFrameAt > 2 * state.heartbeatMs && state.ws) {
+      state.ws.close();
+      return;
+    }
+    send("ping", {});
+  }, state.heartbeatMs);
+  const watched = [...state.peers.keys()];
+  if (watched.length) send("subscribe_presence", { user_ids: watched });
+  flushOutbox();
+  // Statuses may have changed while the link was down (a delivered tick is
+  // only pushed to connections that saw the message): fetch them again, once
+  // the resent outbox is acked, so that a message is never drawn both from
+  // history and from the outbox.
+  state.refreshPending = true;
+  refreshWhenSettled();
+  renderLink();
+}
+
+function refreshWhenSettled() {
+  if (!state.refreshPending) return;
+  if (state.outbox.some((i) => i.status === "queued" && i.sentOn === state.connectionSerial)) return;
+  state.refreshPending = false;
+  refreshConversations();
+  if (state.open) loadNewest(state.open);
+}
+
+function peerOf(message) {
+  return message.sender_id === state.session.user_id ? message.recipient_id : message.sender_id;
+}
+
+function onMessage(message) {
+  const peerId = peerOf(message);
+  const incoming = message.sender_id !== state.session.user_id;
+  if (incoming) ackDelivery(message.message_id);
+  const isNew = storeMessage(peerId, message);
+  const peer = state.peers.get(peerId);
+  if (!peer) {
+    refreshConversations(); // someone new: the list call brings the username
+  } else {
+    if (!peer.last_message || peer.last_message.seq <= message.seq) peer.last_message = message;
+    if (incoming) peer.typingUntil = 0;
+    if (isNew && incoming && state.open !== peerId) peer.unread = (peer.unread || 0) + 1;
+  }
+  render();
+}
+
+function ackDelivery(messageId) {
+  // Gather the acks of one burst (the replay) into one frame.
+  if (state.pendingAcks.size === 0) {
+    queueMicrotask(() => {
+      const ids = [...state.pendingAcks];
+      state.pendingAcks.clear();
+      send("delivery_ack", { message_ids: ids });
+    });
+  }
+  state.pendingAcks.add(messageId);
+}
+
+function onAck(ack) {
+  const index = state.outbox.findIndex((item) => item.client_msg_id === ack.client_msg_id);
+  if (index < 0) return;
+  const [item] = state.outbox.splice(index, 1);
+  saveOutbox();
+  const message = {
+    message_id: ack.message_id,
+    sender_id: state.session.user_id,
+    recipient_id: ack.recipient_id,
+    message: item.message,
+    timestamp: ack.timestamp,
+    seq: ack.seq,
+    status: ack.status,
+    client_msg_id: ack.client_msg_id,
+  };
+  storeMessage(ack.recipient_id, message);
+  const peer = state.peers.get(ack.recipient_id);
+  if (peer && (!peer.last_message || peer.last_message.seq <= message.seq)) peer.last_message = message;
+  render();
+  refreshWhenSettled();
+}
+
+function onDelivered(data) {
+  const chat = state.chats.get(data.recipient_id);
+  const message = chat && chat.byId.get(data.message_id);
+  if (message) message.status = "delivered";
+  const peer = state.peers.get(data.recipient_id);
+  if (peer && peer.last_message && peer.last_message.message_id === data.message_id) peer.last_message.status = "delivered";
+  render();
+}
+
+function onPresence(data) {
+  const peer = state.peers.get(data.user_id);
+  if (!peer) return;
+  peer.presence = { status: data.status, last_seen: data.last_seen };
+  if (data.status !== "online") peer.typingUntil = 0;
+  render();
+}
+
+function onTyping(data) {
+  const peer = state.peers.get(data.sender_id);
+  if (!peer) return;
+  peer.typingUntil = Date.now() + TYPING_SHOWN_MS;
+  render();
+  setTimeout(render, TYPING_SHOWN_MS + 50);
+}
+
+function onError(error) {
+  const item = error.client_msg_id && state.outbox.find((i) => i.client_msg_id === error.client_msg_id);
+  if (!item) return;
+  if (FINAL_ERRORS.has(error.code)) {
+    item.status = "failed";
+    item.error = error.message;
+    saveOutbox();
+    render();
+  } else {
+    // rate_limited, unavailable: still queued; send it again a bit later.
+    item.sentOn = 0;
+    setTimeout(flushOutbox, error.retry_after_ms || 1000);
+  }
+  refreshWhenSettled();
+}
+
+// ----------------------------------------------------------------- sending
+
+function newClientMsgId() {
+  // crypto.randomUUID needs a secure context; getRandomValues does not.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function submitMessage(event) {
+  event.preventDefault();
+  const input = $("message-input");
+  const text = input.value;
+  if (!text.trim() || !state.open) return;
+  state.outbox.push({
+    client_msg_id: newClientMsgId(),
+    recipient_id: state.open,
+    message: text,
+    client_timestamp: Date.now(),
+    status: "queued",
+    sentOn: 0,
+  });
+  saveOutbox();
+  input.value = "";
+  state.lastTypingSent = 0; // the other side stopped showing "typing…" on receipt
+  autoGrow();
+  flushOutbox();
+  render(true);
+}
+
+function flushOutbox() {
+  for (const item of state.outbox) {
+    if (item.status !== "queued" || item.sentOn === state.connectionSerial) continue;
+    const { client_msg_id, recipient_id, message, client_timestamp } = item;
+    if (!send("send_message", { recipient_id, message, client_timestamp, client_msg_id })) return;
+    item.sentOn = state.connectionSerial;
+  }
+}
+
+function discard(clientMsgId) {
+  state.outbox = state.outbox.filter((item) => item.client_msg_id !== clientMsgId);
+  saveOutbox();
+  render();
+}
+
+function onComposerInput() {
+  autoGrow();
+  const now = Date.now();
+  if (state.open && now - state.lastTypingSent > TYPING_SEND_EVERY_MS && $("message-input").value) {
+    if (send("typing", { recipient_id: state.open })) state.lastTypingSent = now;
+  }
+}
+
+function onComposerKey(event) {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+}
+
+function autoGrow() {
+  const input = $("message-input");
+  input.style.height = "auto";
+  input.style.height = Math.min(input.scrollHeight + 2, 140) + "px";
+}
+
+// ------------------------------------------------------ conversations/history
+
+function chatOf(peerId) {
+  let chat = state.chats.get(peerId);
+  if (!chat) {
+    chat = { byId: new Map(), hasMore: true, loading: false, loaded: false };
+    state.chats.set(peerId, chat);
+  }
+  return chat;
+}
+
+/** Adds or updates a stored message; true when it was not there before. */
+function storeMessage(peerId, message) {
+  const chat = chatOf(peerId);
+  const known = chat.byId.get(message.message_id);
+  if (known) {
+    // A status only moves forward: sent -> delivered.
+    if (message.status === "delivered") known.status = "delivered";
+    return false;
+  }
+  chat.byId.set(message.message_id, { ...message });
+  return true;
+}
+
+function addPeer(userId, username, lastMessage) {
+  let peer = state.peers.get(userId);
+  if (!peer) {
+    peer = { user_id: userId, username, last_message: null, presence: null, unread: 0, typingUntil: 0 };
+    state.peers.set(userId, peer);
+    send("subscribe_presence", { user_ids: [userId] });
+  }
+  peer.username = username;
+  if (lastMessage && (!peer.last_message || peer.last_message.seq <= lastMessage.seq)) {
+    peer.last_message = lastMessage;
+  }
+  return peer;
+}
+
+async function refreshConversations() {
+  if (!state.session) return;
+  try {
+    const { conversations } = await api("GET", "/conversations");
+    for (const c of conversations) {
+      addPeer(c.user_id, c.username, c.last_message);
+      if (c.last_message) storeMessage(c.user_id, c.last_message);
+    }
+    render();
+  } catch (_) { /* offline: the next connect refreshes */ }
+}
+
+async function startChat(event) {
+  event.preventDefault();
+  const input = $("new-chat-name");
+  const name = input.value.trim().toLowerCase();
+  $("new-chat-error").textContent = "";
+  if (name === state.session.username) {
+    $("new-chat-error").textContent = "That is you.";
+    return;
+  }
+  try {
+    const user = await api("GET", `/users/by-username/${encodeURIComponent(name)}`);
+    addPeer(user.user_id, user.username, null);
+    input.value = "";
+    openChat(user.user_id);
+  } catch (e) {
+    $("new-chat-error").textContent = e.code === "user_not_found" ? `No user named “${name}”.` : e.message;
+  }
+}
+
+function openChat(peerId) {
+  state.open = peerId;
+  const peer = state.peers.get(peerId);
+  if (peer) peer.unread = 0;
+  $("app").classList.add("chat-open");
+  const chat = chatOf(peerId);
+  render(true);
+  if (!chat.loaded) loadOlder(peerId);
+  else loadNewest(peerId);
+  $("message-input").focus();
+}
+
+function closeChat() {
+  state.open = null;
+  $("app").classList.remove("chat-open");
+  render();
+}
+
+/** The next page back in time (or the first page). */
+async function loadOlder(peerId) {
+  const chat = chatOf(peerId);
+  if (chat.loading || (chat.loaded && !chat.hasMore)) return;
+  chat.loading = true;
+  renderHistoryState();
+  const oldest = chat.loaded ? sortedMessages(chat)[0] : null;
+  const query = `limit=${HISTORY_PAGE}` + (oldest ? `&before=${oldest.timestamp}` : "");
+  try {
+    const page = await api("GET", `/messages/${encodeURIComponent(peerId)}?${query}`);
+    for (const message of page.messages) storeMessage(peerId, message);
+    chat.hasMore = page.has_more;
+    chat.loaded = true;
+  } catch (_) { /* offline: try again on the next scroll or connect */ }
+  chat.loading = false;
+  if (state.open !== peerId) return;
+  render(!oldest, Boolean(oldest));
+  const box = $("messages");
+  // A first page that does not fill the pane cannot be scrolled: go on.
+  if (chat.loaded && chat.hasMore && box.scrollHeight <= box.clientHeight) loadOlder(peerId);
+}
+
+/** The newest page again: new messages and fresh statuses after a reconnect. */
+async function loadNewest(peerId) {
+  try {
+    const page = await api("GET", `/messages/${encodeURIComponent(peerId)}?limit=${HISTORY_PAGE}`);
+    for (const message of page.messages) storeMessage(peerId, message);
+    if (state.open === peerId) render();
+  } catch (_) { /* offline */ }
+}
+
+function onScroll() {
+  if (state.open && $("messages").scrollTop < 60) loadOlder(state.open);
+}
+
+// ----------------------------------------------------------------- drawing
+
+function sortedMessages(chat) {
+  return [...chat.byId.values()].sort((a, b) => a.seq - b.seq);
+}
+
+function clock(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function day(ms) {
+  const date = new Date(ms);
+  const today = new Date();
+  if (date.toDateString() === today.toDateString()) return "Today";
+  today.setDate(today.getDate() - 1);
+  if (date.toDateString() === today.toDateString()) return "Yesterday";
+  return date.toLocaleDateString([], { weekday: "short", day: "numeric", month: "short", year: "numeric" });
+}
+
+function presenceText(presence) {
+  if (!presence) return "";
+  if (presence.status === "online") return "online";
+  if (!presence.last_seen) return "offline";
+  const ago = Date.now() - presence.last_seen;
+  if (ago < 60000) return "last seen just now";
+  if (ago < 3600000) return `last seen ${Math.floor(ago / 60000)} min ago`;
+  if (new Date(presence.last_seen).toDateString() === new Date().toDateString()) {
+    return `last seen today at ${clock(presence.last_seen)}`;
+  }
+  return `last seen ${day(presence.last_seen)} ${clock(presence.last_seen)}`;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function renderLink() {
+  const conn = $("conn-state");
+  conn.className = "conn " + state.link;
+  conn.title = state.link === "online" ? "connected" : state.link === "connecting" ? "connecting…" : "offline: reconnecting";
+  document.body.dataset.link = state.link;
+}
+
+function renderConversations() {
+  const list = $("conversations");
+  // Most recent first; a conversation just started (no message yet) on top.
+  const recency = (peer) => (peer.last_message ? peer.last_message.timestamp : Number.MAX_SAFE_INTEGER);
+  const peers = [...state.peers.values()].sort((a, b) => recency(b) - recency(a));
+  list.replaceChildren(...peers.map((peer) => {
+    const item = el("li", "conv" + (peer.user_id === state.open ? " active" : ""));
+    item.dataset.userId = peer.user_id;
+    item.dataset.username = peer.username;
+    // Offline, the last known presence may be stale: show none.
+    const live = state.link === "online";
+    const online = live && peer.presence && peer.presence.status === "online";
+    item.append(el("span", "dot" + (online ? " online" : "")));
+    const name = el("span", "name", peer.username);
+    if (peer.unread) name.append(el("span", "unread", String(peer.unread)));
+    item.append(name);
+    const presence = !live ? "" : peer.typingUntil > Date.now() ? "typing…" : presenceText(peer.presence);
+    item.append(el("span", "presence", presence));
+    const last = peer.last_message;
+    const preview = last ? (last.sender_id === state.session.user_id ? "You: " : "") + last.message : "No messages yet";
+    item.append(el("span", "preview", preview));
+    item.addEventListener("click", () => openChat(peer.user_id));
+    return item;
+  }));
+}
+
+function renderMessage(message, mine) {
+  const node = el("div", "msg " + (mine ? "mine" : "theirs"));
+  node.dataset.status = message.status;
+  if (message.message_id) node.dataset.messageId = message.message_id;
+  if (message.client_msg_id) node.dataset.clientMsgId = message.client_msg_id;
+  node.append(el("div", "text", message.message));
+  const meta = el("div", "meta");
+  if (message.status === "failed") {
+    meta.append(el("span", "failed", "not sent: " + (message.error || "refused")));
+    const discardBtn = el("button", "link discard", "discard");
+    discardBtn.type = "button";
+    discardBtn.addEventListener("click", () => discard(message.client_msg_id));
+    meta.append(discardBtn);
+  } else {
+    meta.append(el("span", "time", clock(message.timestamp || message.client_timestamp)));
+  }
+  if (mine) {
+    const ticks = { queued: "◷", sent: "✓", delivered: "✓✓", failed: "!" }[message.status] || "";
+    const tickNode = el("span", "ticks", ticks);
+    tickNode.title = message.status === "queued" ? "waiting to be sent" : message.status;
+    meta.append(tickNode);
+  }
+  node.append(meta);
+  return node;
+}
+
+function renderChat(stickToBottom, keepPosition) {
+  const peer = state.open && state.peers.get(state.open);
+  $("no-chat").hidden = Boolean(peer);
+  $("chat-header").hidden = !peer;
+  $("messages").hidden = !peer;
+  $("composer").hidden = !peer;
+  if (!peer) return;
+  $("peer-name").textContent = peer.username;
+  // Offline, the last known presence may be stale: say what is known.
+  $("peer-presence").textContent = state.link === "online" ? presenceText(peer.presence) : "connecting…";
+  $("offline-banner").hidden = state.link === "online";
+  $("typing").hidden = !(peer.typingUntil > Date.now());
+
+  const box = $("messages");
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const heightBefore = box.scrollHeight;
+  const chat = chatOf(peer.user_id);
+  const nodes = [];
+  let lastDay = null;
+  for (const message of sortedMessages(chat)) {
+    const thisDay = day(message.timestamp);
+    if (thisDay !== lastDay) nodes.push(el("div", "day", thisDay));
+    lastDay = thisDay;
+    nodes.push(renderMessage(message, message.sender_id === state.session.user_id));
+  }
+  for (const item of state.outbox) {
+    if (item.recipient_id === peer.user_id) nodes.push(renderMessage(item, true));
+  }
+  $("message-list").replaceChildren(...nodes);
+  renderHistoryState();
+  if (keepPosition) box.scrollTop += box.scrollHeight - heightBefore;
+  else if (stickToBottom || atBottom) box.scrollTop = box.scrollHeight;
+}
+
+function renderHistoryState() {
+  const chat = state.open && state.chats.get(state.open);
+  let text = "";
+  if (chat && chat.loading) text = "Loading…";
+  else if (chat && chat.loaded && !chat.hasMore) text = "Start of the conversation";
+  $("history-state").textContent = text;
+}
+
+function render(stickToBottom = false, keepPosition = false) {
+  if (!state.session) return;
+  renderLink();
+  renderConversations();
+  renderChat(stickToBottom, keepPosition);
+  const unread = [...state.peers.values()].reduce((n, p) => n + (p.unread || 0), 0);
+  document.title = unread ? `(${unread}) dyad` : "dyad";
+}
+
+// ----------------------------------------------------------------- wiring
+
+function main() {
+  $("auth-form").addEventListener("submit", submitAuth);
+  $("logout-btn").addEventListener("click", logout);
+  $("new-chat").addEventListener("submit", startChat);
+  $("composer").addEventListener("submit", submitMessage);
+  $("message-input").addEventListener("input", onComposerInput);
+  $("message-input").addEventListener("keydown", onComposerKey);
+  $("messages").addEventListener("scroll", onScroll);
+  $("back-btn").addEventListener("click", closeChat);
+  // Back online (as the browser sees it): try now instead of waiting.
+  window.addEventListener("online", () => { if (state.session && !state.ws) connect(); });
+  // Leaving the page closes the socket at once (a page kept in the
+  // back-forward cache would otherwise look online); coming back reopens it.
+  window.addEventListener("pagehide", disconnect);
+  window.addEventListener("pageshow", (event) => { if (event.persisted && state.session) connect(); });
+  setInterval(() => render(), 30000); // "last seen 3 min ago" ages
+  state.session = loadSession();
+  if (state.session) signedIn();
+  else $("auth").hidden = false;
+}
+
+main();
