@@ -14,7 +14,10 @@ use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TestServer, test_config};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::helpers::{PASSWORD, TestServer, WAIT, test_config};
+use crate::terminal::{dyad, run, stdout, wait_line};
 
 /// Browsers on a busy 2-core machine are slow; a page condition gets this long.
 const PAGE_WAIT: Duration = Duration::from_secs(30);
@@ -323,5 +326,95 @@ async fn the_page_and_its_files_come_from_the_binary_with_a_strict_policy() {
         assert_eq!(headers["x-content-type-options"], "nosniff");
         assert!(!response.text().await.unwrap().is_empty());
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_and_a_terminal_chat_and_history_pages_back() {
+    // Flood control off: the old messages below go out back to back.
+    let server = TestServer::spawn_with(dyad_server::Config {
+        rate_limit: 0,
+        ..test_config()
+    })
+    .await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+
+    // 120 old messages, already delivered to another device of Bob's, so
+    // the browser gets them only by paging back through history.
+    let mut a = alice.connect().await;
+    for i in 1..=120 {
+        a.send_and_ack(bob.id, &format!("old {i}"), &format!("k{i}")).await;
+    }
+    let mut b = bob.connect_raw().await;
+    let replayed = b.replay().await;
+    b.0.delivery_ack(replayed.iter().map(|m| m.message_id).collect())
+        .await
+        .unwrap();
+    for _ in 0..120 {
+        a.expect_delivered().await;
+    }
+    b.0.close().await.unwrap();
+
+    // Bob logs in (not registers) in the browser and scrolls up.
+    let driver = Chromedriver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&server.base).await.unwrap();
+    wait_for(
+        &browser,
+        "the sign-in form",
+        "return !document.getElementById('auth').hidden",
+        vec![],
+    )
+    .await;
+    fill(&browser, "#username", "bob").await;
+    fill(&browser, "#password", PASSWORD).await;
+    click(&browser, "#login-btn").await;
+    signed_in_as(&browser, "bob").await;
+    open_chat(&browser, "alice").await;
+    let shown = "return document.querySelectorAll('#message-list .msg').length === arguments[0]";
+    wait_for(&browser, "the first page", shown, vec![json!(50)]).await;
+    let scroll_up = "const box = document.getElementById('messages');
+        box.scrollTop = 0; box.dispatchEvent(new Event('scroll')); return true;";
+    for expected in [100, 120] {
+        browser.execute(scroll_up, vec![]).await.unwrap();
+        wait_for(&browser, &format!("{expected} messages"), shown, vec![json!(expected)]).await;
+    }
+    let script = "return document.getElementById('history-state').textContent === 'Start of the conversation'";
+    wait_for(&browser, "the start of the conversation", script, vec![]).await;
+    let order = "return [...document.querySelectorAll('#message-list .msg .text')].map((t) => t.textContent)";
+    let texts = browser.execute(order, vec![]).await.unwrap();
+    let expected: Vec<String> = (1..=120).map(|i| format!("old {i}")).collect();
+    assert_eq!(
+        texts,
+        json!(expected),
+        "history in conversation order, no gaps, no doubles"
+    );
+
+    // Alice, in the terminal, chats with Bob in the browser.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("alice.json");
+    let login = ["login", "alice", "--server", &server.base, "--password-stdin"];
+    stdout(&run(&config, &login, &format!("{PASSWORD}\n")).await);
+    let mut chat = dyad(&config).args(["chat", "bob", "--history", "3"]).spawn().unwrap();
+    let mut input = chat.stdin.take().unwrap();
+    let mut lines = BufReader::new(chat.stdout.take().unwrap()).lines();
+    wait_line(&mut lines, "you: old 120 ✓✓").await;
+    send(&browser, "hi terminal").await;
+    wait_line(&mut lines, "bob: hi terminal").await;
+    wait_for_message(&browser, "hi terminal", true, &["delivered"]).await;
+    input.write_all(b"hi browser\n").await.unwrap();
+    wait_for_message(&browser, "hi browser", false, &[]).await;
+    wait_line(&mut lines, "✓✓ delivered: hi browser").await;
+    drop(input);
+    assert!(
+        tokio::time::timeout(WAIT, chat.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+
+    browser.close().await.unwrap();
     server.stop().await;
 }

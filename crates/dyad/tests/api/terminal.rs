@@ -12,7 +12,7 @@ use tokio::process::{Child, ChildStdout, Command};
 
 use crate::helpers::{PASSWORD, TestServer, WAIT};
 
-fn dyad(config: &Path) -> Command {
+pub fn dyad(config: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dyad"));
     command
         .env("DYAD_CONFIG", config)
@@ -25,7 +25,7 @@ fn dyad(config: &Path) -> Command {
 }
 
 /// Runs `dyad ARGS` with `stdin` and returns what it printed.
-async fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
+pub async fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
     let mut child = dyad(config).args(args).spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin.as_bytes()).await.unwrap();
@@ -36,7 +36,7 @@ async fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
         .unwrap()
 }
 
-fn stdout(output: &Output) -> String {
+pub fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
         "dyad failed: {}",
@@ -51,7 +51,7 @@ fn failure(output: &Output) -> String {
 }
 
 /// Reads the chat's output until a line contains `text`.
-async fn wait_line(lines: &mut Lines<BufReader<ChildStdout>>, text: &str) -> String {
+pub async fn wait_line(lines: &mut Lines<BufReader<ChildStdout>>, text: &str) -> String {
     let found = tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if line.contains(text) {
