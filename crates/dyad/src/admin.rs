@@ -80,7 +80,7 @@ async fn fill(args: FillArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.users >= 2 && args.users.is_multiple_of(2), "--users must be even");
     let users = provision(&args.database, "fill", args.users, Duration::from_secs(30 * 24 * 3600)).await?;
     write_tokens(&args.out, &users)?;
-    let store = dyad_store::open(&args.database)?;
+    let store = dyad_store::open(&args.database).await?;
     let started = std::time::Instant::now();
     let mut written = 0usize;
     let mut batch_no = 0i64;
@@ -137,7 +137,9 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
 
 /// Creates (or reuses) `count` users named `PREFIX-i`, each with a new token.
 pub async fn provision(database: &str, prefix: &str, count: usize, ttl: Duration) -> anyhow::Result<Vec<BenchUser>> {
-    let store = dyad_store::open(database).with_context(|| format!("opening {database}"))?;
+    let store = dyad_store::open(database)
+        .await
+        .with_context(|| format!("opening {database}"))?;
     let hash = hash_password(PROVISIONED_PASSWORD.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let now = now_ms();
     let expires_at = now + ttl.as_millis() as i64;

@@ -19,7 +19,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DYAD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
     /// Message store: sqlite://PATH (default; relative paths are relative to
-    /// the working directory).
+    /// the working directory) or postgres://USER@HOST:PORT/DB.
     #[arg(long, env = "DYAD_DATABASE", default_value = "sqlite://dyad-data/dyad.db")]
     database: String,
     /// How long a user stays online after their last connection closes.
@@ -83,7 +83,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();
-    let store = dyad_store::open(&args.database).with_context(|| format!("opening {}", args.database))?;
+    let store = dyad_store::open(&args.database)
+        .await
+        .with_context(|| format!("opening {}", args.database))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

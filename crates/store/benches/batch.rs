@@ -14,7 +14,12 @@ const BATCH: usize = 512;
 fn batch(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = dyad_store::open(&format!("sqlite://{}", dir.path().join("b.db").display())).unwrap();
+    let store = runtime
+        .block_on(dyad_store::open(&format!(
+            "sqlite://{}",
+            dir.path().join("b.db").display()
+        )))
+        .unwrap();
     let accounts = (0..USERS)
         .map(|i| ProvisionedAccount {
             username: format!("u{i}"),

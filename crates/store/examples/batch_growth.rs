@@ -17,7 +17,9 @@ async fn main() {
     let batches = args.get(1).copied().unwrap_or(1000);
     let batch = args.get(2).copied().unwrap_or(1024);
     let dir = tempfile::tempdir().unwrap();
-    let store = dyad_store::open(&format!("sqlite://{}", dir.path().join("g.db").display())).unwrap();
+    let store = dyad_store::open(&format!("sqlite://{}", dir.path().join("g.db").display()))
+        .await
+        .unwrap();
     let accounts = (0..users)
         .map(|i| ProvisionedAccount {
             username: format!("u{i}"),

@@ -4,12 +4,15 @@
 //! service batches concurrent sends into one [`MessageStore::write_batch`]
 //! call (group commit); a driver runs each batch as one transaction and
 //! assigns every message its conversation `seq` and `timestamp` inside it.
-//! Drivers: [`sqlite`] (embedded, the default). PostgreSQL comes next and
-//! plugs in behind the same trait and the same conformance tests.
+//! Drivers: [`sqlite`] (embedded, the default) and [`postgres`] (shared by
+//! several nodes); both pass the same conformance tests.
 #![warn(missing_docs)]
 
 mod model;
+pub mod postgres;
 pub mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
 pub use model::*;
 
@@ -82,9 +85,12 @@ pub trait MessageStore: Send + Sync + 'static {
 }
 
 /// Opens the store a `--database` URL names: `sqlite://PATH` (relative or,
-/// with a third slash, absolute). `postgres://…` is refused until its driver
-/// lands.
-pub fn open(url: &str) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
+/// with a third slash, absolute) or `postgres://…` / `postgresql://…`
+/// (connects and applies migrations).
+pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url).await?));
+    }
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(StoreError::Backend(
@@ -97,6 +103,6 @@ pub fn open(url: &str) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
     }
     let scheme = url.split("://").next().unwrap_or(url);
     Err(StoreError::Backend(format!(
-        "unsupported database URL scheme {scheme:?}: this build supports sqlite://PATH (postgres:// is not available yet)"
+        "unsupported database URL scheme {scheme:?}: use sqlite://PATH or postgres://USER@HOST/DB"
     )))
 }

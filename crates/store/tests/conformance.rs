@@ -1,6 +1,5 @@
 //! The store conformance suite: every `MessageStore` driver must pass these.
-//! Each test takes a fresh store from `drivers()`; PostgreSQL joins the list
-//! when its driver lands.
+//! Each test takes a fresh store of each driver from `drivers()`.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
@@ -10,13 +9,36 @@ use dyad_store::{MessageStore, NewMessage, NewSession, PageRequest, StoreError, 
 
 struct Fresh {
     store: Arc<dyn MessageStore>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
-fn drivers() -> Vec<(&'static str, Fresh)> {
+/// A fresh, empty store of every driver: a new SQLite file, and a new
+/// schema on the machine's PostgreSQL (which must be running: CI starts it).
+async fn drivers() -> Vec<(&'static str, Fresh)> {
     let dir = tempfile::tempdir().unwrap();
-    let store = dyad_store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).unwrap();
-    vec![("sqlite", Fresh { store, _dir: dir })]
+    let sqlite = dyad_store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+        .await
+        .unwrap();
+    let url = dyad_store::testing::scratch_postgres_url()
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {e}", dyad_store::testing::postgres_url()));
+    let postgres = dyad_store::open(&url).await.unwrap();
+    vec![
+        (
+            "sqlite",
+            Fresh {
+                store: sqlite,
+                _dir: Some(dir),
+            },
+        ),
+        (
+            "postgres",
+            Fresh {
+                store: postgres,
+                _dir: None,
+            },
+        ),
+    ]
 }
 
 async fn users(store: &dyn MessageStore, names: &[&str]) -> Vec<UserId> {
@@ -45,7 +67,7 @@ fn stored(outcome: &WriteOutcome) -> (&StoredMessage, bool) {
 
 #[tokio::test]
 async fn users_are_unique_by_name_and_found_by_name_and_id() {
-    for (driver, fresh) in drivers() {
+    for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
         let alice = s.create_user("alice", "h1", 10).await.unwrap();
         assert!(
@@ -75,7 +97,7 @@ async fn users_are_unique_by_name_and_found_by_name_and_id() {
 
 #[tokio::test]
 async fn sessions_expire_and_are_revoked() {
-    for (driver, fresh) in drivers() {
+    for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
         let [alice] = users(s, &["alice"]).await[..] else {
             unreachable!()
@@ -113,7 +135,7 @@ async fn sessions_expire_and_are_revoked() {
 
 #[tokio::test]
 async fn a_batch_assigns_gap_free_seq_and_strictly_increasing_timestamps() {
-    for (driver, fresh) in drivers() {
+    for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
         let [a, b, c] = users(s, &["alice", "bob", "carol"]).await[..] else {
             unreachable!()
@@ -145,7 +167,7 @@ async fn a_batch_assigns_gap_free_seq_and_strictly_increasing_timestamps() {
 
 #[tokio::test]
 async fn idempotency_keys_return_the_original_within_and_across_batches() {
-    for (driver, fresh) in drivers() {
+    for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
         let [a, b] = users(s, &["alice", "bob"]).await[..] else {
             unreachable!()
@@ -177,7 +199,7 @@ async fn idempotency_keys_return_the_original_within_and_across_batches() {
 
 #[tokio::test]
 async fn unknown_recipients_and_self_sends_store_nothing() {
-    for (driver, fresh) in drivers() {
+    for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
         let [a, b] = users(s, &["alice", "bob"]).await[..] else {
             unreachable!()
@@ -202,7 +224,7 @@ async fn unknown_recipients_and_self_sends_store_nothing() {
 
 #[tokio::test]
 async fn delivery_is_recorded_once_and_only_by_the_recipient() {
-    for (driver, fresh) in drivers() {
+    for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
         let [a, b] = users(s, &["alice", "bob"]).await[..] else {
             unreachable!()
@@ -249,7 +271,7 @@ async fn delivery_is_recorded_once_and_only_by_the_recipient() {
 
 #[tokio::test]
 async fn pending_is_bounded_by_after_and_upto_and_oldest_first() {
-    for (driver, fresh) in drivers() {
+    for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
         let [a, b, c] = users(s, &["alice", "bob", "carol"]).await[..] else {
             unreachable!()
@@ -283,7 +305,7 @@ async fn pending_is_bounded_by_after_and_upto_and_oldest_first() {
 
 #[tokio::test]
 async fn history_pages_both_ways_and_lists_conversations() {
-    for (driver, fresh) in drivers() {
+    for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
         let [a, b, c] = users(s, &["alice", "bob", "carol"]).await[..] else {
             unreachable!()
@@ -358,7 +380,7 @@ async fn history_pages_both_ways_and_lists_conversations() {
 
 #[tokio::test]
 async fn provisioning_creates_or_reuses_accounts_each_with_a_working_session() {
-    for (driver, fresh) in drivers() {
+    for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
         let [existing] = users(s, &["bench-1"]).await[..] else {
             unreachable!()
@@ -383,4 +405,55 @@ async fn provisioning_creates_or_reuses_accounts_each_with_a_working_session() {
             "{driver}"
         );
     }
+}
+
+/// PostgreSQL only (the store that several nodes share): two stores on one
+/// database, as two nodes, write into the same conversations at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_writing_one_conversation_at_once_keep_seq_gap_free_and_keys_unique() {
+    let url = dyad_store::testing::scratch_postgres_url().await.unwrap();
+    let node_a = dyad_store::open(&url).await.unwrap();
+    let node_b = dyad_store::open(&url).await.unwrap();
+    let [alice, bob, carol] = users(&*node_a, &["alice", "bob", "carol"]).await[..] else {
+        unreachable!()
+    };
+    let write = |store: Arc<dyn MessageStore>, from: UserId, tag: &'static str| async move {
+        for round in 0..40 {
+            // Each batch: alice<->bob from this side, a retried key that the
+            // other node also sends, and a second conversation.
+            let ops = vec![
+                send(from, if from == alice { bob } else { alice }, tag, None),
+                send(alice, carol, tag, Some(&format!("shared-{round}"))),
+                send(from, carol, tag, None),
+            ];
+            store.write_batch(ops, 1_000).await.unwrap();
+        }
+    };
+    let a = tokio::spawn(write(node_a.clone(), alice, "a"));
+    let b = tokio::spawn(write(node_b.clone(), bob, "b"));
+    a.await.unwrap();
+    b.await.unwrap();
+
+    for (x, y, expected) in [(alice, bob, 80), (alice, carol, 40 + 40), (bob, carol, 40)] {
+        let page = node_a
+            .history(x, y, PageRequest::After { after: 0, limit: 1000 })
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=expected).collect::<Vec<_>>(),
+            "{x:?}-{y:?}: gap-free, in order"
+        );
+        assert!(
+            page.messages.windows(2).all(|w| w[0].timestamp < w[1].timestamp),
+            "timestamps strictly increase with seq"
+        );
+    }
+    // alice->carol: 40 shared keys stored once each, plus 40 from node a.
+    let page = node_b
+        .history(alice, carol, PageRequest::After { after: 0, limit: 1000 })
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 80);
 }

@@ -8,7 +8,7 @@ use dyad_store::{NewMessage, WriteOp};
 async fn the_wal_stays_bounded_under_steady_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wal.db");
-    let store = dyad_store::open(&format!("sqlite://{}", path.display())).unwrap();
+    let store = dyad_store::open(&format!("sqlite://{}", path.display())).await.unwrap();
     let mut users: Vec<UserId> = Vec::new();
     for i in 0..200 {
         users.push(store.create_user(&format!("user{i}"), "h", 0).await.unwrap().id);

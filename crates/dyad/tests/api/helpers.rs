@@ -50,10 +50,17 @@ impl TestServer {
 
     /// A server on a given address and database (a restart "in place").
     pub async fn spawn_on(addr: &str, db_path: &Path, config: Config) -> TestServer {
+        let mut server = Self::spawn_url(addr, &format!("sqlite://{}", db_path.display()), config).await;
+        server.db_path = db_path.to_owned();
+        server
+    }
+
+    /// A server on a given address and database URL (`postgres://…` too).
+    pub async fn spawn_url(addr: &str, url: &str, config: Config) -> TestServer {
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt().with_env_filter("debug").try_init();
         }
-        let store = dyad_store::open(&format!("sqlite://{}", db_path.display())).unwrap();
+        let store = dyad_store::open(url).await.unwrap();
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -66,7 +73,7 @@ impl TestServer {
         });
         TestServer {
             base,
-            db_path: db_path.to_owned(),
+            db_path: PathBuf::new(),
             _dir: None,
             stop: Some(stop),
             task: Some(task),

@@ -12,6 +12,7 @@ mod helpers;
 mod history;
 mod lifecycle;
 mod messaging;
+mod postgres;
 mod presence;
 mod session;
 mod terminal;

@@ -1,0 +1,365 @@
+//! The PostgreSQL driver: the store that several nodes share.
+//!
+//! Every call takes a connection from one pool; a lost server is reconnected
+//! to by the pool, so a node recovers by itself once PostgreSQL is back.
+//! Queries are checked at run time (no macros), so building needs no
+//! database. A batch of writes costs a fixed number of round trips whatever
+//! its size: its rows travel as arrays and `unnest` turns them into sets
+//! (see `write.rs`).
+
+mod schema;
+mod write;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dyad_protocol::{MessageId, UserId};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, Row};
+
+use crate::{
+    ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId, SessionRecord,
+    StoreError, StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
+};
+
+/// The columns `message` reads, in its order.
+macro_rules! message_columns {
+    () => {
+        "id, sender_id, recipient_id, body, ts, seq, delivered_at"
+    };
+}
+use message_columns;
+
+/// Connections per node: one batch writer at a time plus readers. Five
+/// nodes stay well under PostgreSQL's default of 100.
+const POOL_SIZE: u32 = 16;
+/// How long a call waits for a connection before it fails as `unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A message store on PostgreSQL.
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db?…`) and brings the
+    /// schema up to date.
+    pub async fn connect(url: &str) -> StoreResult<PostgresStore> {
+        let options: PgConnectOptions = url.parse().map_err(backend)?;
+        Self::connect_with(options).await
+    }
+
+    /// Like [`PostgresStore::connect`], from parsed options.
+    pub async fn connect_with(options: PgConnectOptions) -> StoreResult<PostgresStore> {
+        let options = options.application_name("dyad");
+        let mut conn = options.connect().await.map_err(backend)?;
+        schema::migrate(&mut conn).await.map_err(backend)?;
+        conn.close().await.map_err(backend)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(Duration::from_secs(60))
+            .connect_lazy_with(options);
+        Ok(PostgresStore { pool })
+    }
+}
+
+pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn message(row: &PgRow) -> sqlx::Result<StoredMessage> {
+    message_at(row, 0)
+}
+
+/// A message read from `message_columns!()` starting at column `at`.
+fn message_at(row: &PgRow, at: usize) -> sqlx::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: MessageId(row.try_get(at)?),
+        sender_id: UserId(row.try_get(at + 1)?),
+        recipient_id: UserId(row.try_get(at + 2)?),
+        body: row.try_get(at + 3)?,
+        timestamp: row.try_get(at + 4)?,
+        seq: row.try_get(at + 5)?,
+        delivered_at: row.try_get(at + 6)?,
+    })
+}
+
+fn user(row: &PgRow) -> sqlx::Result<UserRecord> {
+    Ok(UserRecord {
+        id: UserId(row.try_get(0)?),
+        username: row.try_get(1)?,
+        password_hash: row.try_get(2)?,
+        created_at: row.try_get(3)?,
+        last_seen: row.try_get(4)?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl MessageStore for PostgresStore {
+    async fn create_user(&self, username: &str, password_hash: &str, now: i64) -> StoreResult<UserRecord> {
+        let row = sqlx::query(
+            "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3)
+             RETURNING id, username, password_hash, created_at, last_seen",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await;
+        match row {
+            Ok(row) => user(&row).map_err(backend),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::UsernameTaken),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        sqlx::query("SELECT id, username, password_hash, created_at, last_seen FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| user(&row).map_err(backend))
+            .transpose()
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        sqlx::query("SELECT id, username, password_hash, created_at, last_seen FROM users WHERE id = $1")
+            .bind(id.get())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| user(&row).map_err(backend))
+            .transpose()
+    }
+
+    async fn set_last_seen(&self, seen: &[(UserId, i64)]) -> StoreResult<()> {
+        let (ids, at): (Vec<i64>, Vec<i64>) = seen.iter().map(|(u, t)| (u.get(), *t)).unzip();
+        sqlx::query(
+            "UPDATE users SET last_seen = s.at FROM unnest($1::int8[], $2::int8[]) AS s(id, at) WHERE users.id = s.id",
+        )
+        .bind(ids)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn provision(&self, accounts: Vec<ProvisionedAccount>) -> StoreResult<Vec<UserId>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let names: Vec<&str> = accounts.iter().map(|a| a.username.as_str()).collect();
+        let hashes: Vec<&str> = accounts.iter().map(|a| a.password_hash.as_str()).collect();
+        let created: Vec<i64> = accounts.iter().map(|a| a.created_at).collect();
+        let rows = sqlx::query(
+            "INSERT INTO users (username, password_hash, created_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
+             ON CONFLICT (username) DO UPDATE SET username = excluded.username
+             RETURNING id, username",
+        )
+        .bind(&names)
+        .bind(&hashes)
+        .bind(&created)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let mut by_name = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get(0).map_err(backend)?;
+            let name: String = row.try_get(1).map_err(backend)?;
+            by_name.insert(name, id);
+        }
+        let ids: Vec<i64> = names
+            .iter()
+            .map(|n| {
+                by_name
+                    .get(*n)
+                    .copied()
+                    .ok_or_else(|| backend(format!("{n} was not provisioned")))
+            })
+            .collect::<StoreResult<_>>()?;
+        let tokens: Vec<Vec<u8>> = accounts.iter().map(|a| a.token_hash.to_vec()).collect();
+        let expires: Vec<i64> = accounts.iter().map(|a| a.expires_at).collect();
+        sqlx::query(
+            "INSERT INTO sessions (user_id, token_hash, created_at, expires_at)
+             SELECT * FROM unnest($1::int8[], $2::bytea[], $3::int8[], $4::int8[])",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(&created)
+        .bind(&expires)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(ids.into_iter().map(UserId).collect())
+    }
+
+    async fn create_session(&self, s: NewSession) -> StoreResult<SessionRecord> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO sessions (user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(s.user_id.get())
+        .bind(&s.token_hash[..])
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(SessionRecord {
+            id: SessionId(id),
+            user_id: s.user_id,
+            expires_at: s.expires_at,
+        })
+    }
+
+    async fn session_by_token(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<SessionRecord>> {
+        let row = sqlx::query(
+            "SELECT id, user_id, expires_at FROM sessions WHERE token_hash = $1 AND NOT revoked AND expires_at > $2",
+        )
+        .bind(&token_hash[..])
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|r| {
+            Ok::<_, sqlx::Error>(SessionRecord {
+                id: SessionId(r.try_get(0)?),
+                user_id: UserId(r.try_get(1)?),
+                expires_at: r.try_get(2)?,
+            })
+        })
+        .transpose()
+        .map_err(backend)
+    }
+
+    async fn revoke_session(&self, id: SessionId) -> StoreResult<()> {
+        sqlx::query("UPDATE sessions SET revoked = true WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn write_batch(&self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>> {
+        write::write_batch(&self.pool, ops, now).await
+    }
+
+    async fn last_message_id(&self) -> StoreResult<MessageId> {
+        let id: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0)::int8 FROM messages")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(MessageId(id))
+    }
+
+    async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page> {
+        let (lo, hi) = (a.get().min(b.get()), a.get().max(b.get()));
+        let (sql, bound, n) = match page {
+            PageRequest::Before { before, limit } => (
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE conversation_id =
+                        (SELECT id FROM conversations WHERE user_lo = $1 AND user_hi = $2)
+                      AND ts < $3 ORDER BY ts DESC LIMIT $4"
+                ),
+                before.unwrap_or(i64::MAX),
+                limit,
+            ),
+            PageRequest::After { after, limit } => (
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE conversation_id =
+                        (SELECT id FROM conversations WHERE user_lo = $1 AND user_hi = $2)
+                      AND ts > $3 ORDER BY ts ASC LIMIT $4"
+                ),
+                after,
+                limit,
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(lo)
+            .bind(hi)
+            .bind(bound)
+            .bind(limit(n).saturating_add(1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut messages = rows
+            .iter()
+            .map(message)
+            .collect::<sqlx::Result<Vec<_>>>()
+            .map_err(backend)?;
+        let has_more = messages.len() > n;
+        messages.truncate(n);
+        Ok(Page { messages, has_more })
+    }
+
+    async fn pending(
+        &self,
+        recipient: UserId,
+        after: MessageId,
+        upto: MessageId,
+        n: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE recipient_id = $1 AND delivered_at IS NULL AND id > $2 AND id <= $3
+              ORDER BY id LIMIT $4"
+        ))
+        .bind(recipient.get())
+        .bind(after.get())
+        .bind(upto.get())
+        .bind(limit(n))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(message).collect::<sqlx::Result<_>>().map_err(backend)
+    }
+
+    async fn conversations(&self, user: UserId, n: usize) -> StoreResult<Vec<ConversationSummary>> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.username, m.id, m.sender_id, m.recipient_id, m.body, m.ts, m.seq, m.delivered_at
+             FROM (SELECT user_hi AS peer, last_message_id, last_ts FROM conversations WHERE user_lo = $1 AND last_seq > 0
+                   UNION ALL
+                   SELECT user_lo AS peer, last_message_id, last_ts FROM conversations WHERE user_hi = $1 AND last_seq > 0) AS c
+             JOIN users u ON u.id = c.peer
+             JOIN messages m ON m.id = c.last_message_id
+             ORDER BY c.last_ts DESC
+             LIMIT $2",
+        )
+        .bind(user.get())
+        .bind(limit(n))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConversationSummary {
+                    peer_id: UserId(r.try_get(0)?),
+                    peer_username: r.try_get(1)?,
+                    last_message: message_at(r, 2)?,
+                })
+            })
+            .collect::<sqlx::Result<_>>()
+            .map_err(backend)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        conn.ping().await.map_err(backend)
+    }
+}

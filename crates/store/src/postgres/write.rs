@@ -1,0 +1,341 @@
+//! One batch of writes as one transaction, in a fixed number of round trips.
+//!
+//! Several nodes write at once, so each conversation's counter row is locked
+//! (`FOR UPDATE`, in id order, so two batches never wait on each other in a
+//! circle) before its next `seq` is taken. Inside the lock the batch reads
+//! the idempotency keys it carries, so a retry that another node stored a
+//! moment ago is found, not stored twice. A deadlock or serialization
+//! failure (possible when two batches create the same conversations) reruns
+//! the whole batch.
+
+use std::collections::{HashMap, HashSet};
+
+use dyad_protocol::{MessageId, UserId};
+use sqlx::postgres::PgPool;
+use sqlx::{PgConnection, Row};
+
+use super::{backend, message, message_columns};
+use crate::{DeliveredMessage, NewMessage, StoreResult, StoredMessage, WriteOp, WriteOutcome};
+
+/// How often a batch is rerun after a deadlock before the error stands.
+const ATTEMPTS: usize = 4;
+
+/// A conversation's counters, locked for this transaction.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    id: i64,
+    last_seq: i64,
+    last_ts: i64,
+    last_message_id: i64,
+}
+
+pub(super) async fn write_batch(pool: &PgPool, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>> {
+    let mut attempt = 1;
+    loop {
+        let mut tx = pool.begin().await.map_err(backend)?;
+        let result = run(&mut tx, &ops, now).await;
+        let result = match result {
+            Ok(outcomes) => tx.commit().await.map(|()| outcomes),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+                tracing::debug!(attempt, error = %e, "batch conflicted; running it again");
+                attempt += 1;
+            }
+            Err(e) => return Err(backend(e)),
+        }
+    }
+}
+
+/// Deadlock or serialization failure: the same batch may well succeed now.
+fn is_transient(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+async fn run(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Result<Vec<WriteOutcome>> {
+    let sends: Vec<&NewMessage> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Send(m) => Some(m),
+            WriteOp::Deliver { .. } => None,
+        })
+        .collect();
+    let mut stored = if sends.is_empty() {
+        Vec::new()
+    } else {
+        store_sends(conn, &sends, now).await?
+    }
+    .into_iter();
+    let mut delivered = deliver(conn, ops, now).await?.into_iter();
+    // Outcomes in the order of the operations.
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        let outcome = match op {
+            WriteOp::Send(_) => stored.next(),
+            WriteOp::Deliver { .. } => delivered.next().map(WriteOutcome::Delivered),
+        };
+        outcomes.push(outcome.ok_or_else(|| sqlx::Error::Protocol("batch outcome missing".into()))?);
+    }
+    Ok(outcomes)
+}
+
+fn pair(m: &NewMessage) -> (i64, i64) {
+    let (s, r) = (m.sender_id.get(), m.recipient_id.get());
+    (s.min(r), s.max(r))
+}
+
+/// Stores the sends; one outcome per send, in order.
+async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -> sqlx::Result<Vec<WriteOutcome>> {
+    // Which recipients exist (a self-send is refused like an unknown user).
+    let recipients: Vec<i64> = sends.iter().map(|m| m.recipient_id.get()).collect();
+    let existing: HashSet<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)")
+        .bind(&recipients)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    let valid = |m: &NewMessage| m.sender_id != m.recipient_id && existing.contains(&m.recipient_id.get());
+
+    // The conversations, created if new, then locked in id order.
+    let mut pairs: Vec<(i64, i64)> = sends.iter().filter(|m| valid(m)).map(|m| pair(m)).collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let (los, his): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+    let mut heads: HashMap<(i64, i64), Head> = HashMap::with_capacity(pairs.len());
+    if !pairs.is_empty() {
+        sqlx::query(
+            "INSERT INTO conversations (user_lo, user_hi)
+             SELECT * FROM unnest($1::int8[], $2::int8[]) ON CONFLICT (user_lo, user_hi) DO NOTHING",
+        )
+        .bind(&los)
+        .bind(&his)
+        .execute(&mut *conn)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT id, user_lo, user_hi, last_seq, last_ts, last_message_id FROM conversations
+             WHERE (user_lo, user_hi) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(&los)
+        .bind(&his)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let head = Head {
+                id: row.try_get(0)?,
+                last_seq: row.try_get(3)?,
+                last_ts: row.try_get(4)?,
+                last_message_id: row.try_get(5)?,
+            };
+            heads.insert((row.try_get(1)?, row.try_get(2)?), head);
+        }
+    }
+
+    // Messages already stored under the keys this batch carries.
+    let keyed: Vec<(i64, &str)> = sends
+        .iter()
+        .filter(|m| valid(m))
+        .filter_map(|m| m.client_msg_id.as_deref().map(|k| (m.sender_id.get(), k)))
+        .collect();
+    let mut originals: HashMap<(i64, String), StoredMessage> = HashMap::new();
+    if !keyed.is_empty() {
+        let (senders, keys): (Vec<i64>, Vec<&str>) = keyed.into_iter().unzip();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            ", client_msg_id FROM messages
+             WHERE (sender_id, client_msg_id) IN (SELECT * FROM unnest($1::int8[], $2::text[]))"
+        ))
+        .bind(&senders)
+        .bind(&keys)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let m = message(&row)?;
+            originals.insert((m.sender_id.get(), row.try_get(7)?), m);
+        }
+    }
+
+    // Fresh ids for the new messages, in order.
+    let fresh = sends.iter().filter(|m| valid(m) && !is_known(&originals, m)).count();
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT nextval('message_ids') FROM generate_series(1, $1)")
+        .bind(i64::try_from(fresh).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut ids = ids.into_iter();
+
+    let mut outcomes = Vec::with_capacity(sends.len());
+    let mut rows = NewRows::default();
+    for m in sends {
+        if !valid(m) {
+            outcomes.push(WriteOutcome::UnknownRecipient);
+            continue;
+        }
+        if let Some(original) = m
+            .client_msg_id
+            .as_ref()
+            .and_then(|k| originals.get(&(m.sender_id.get(), k.clone())))
+        {
+            outcomes.push(WriteOutcome::Stored {
+                message: original.clone(),
+                duplicate: true,
+            });
+            continue;
+        }
+        let key = pair(m);
+        let head = heads
+            .get_mut(&key)
+            .ok_or_else(|| sqlx::Error::Protocol("conversation not locked".into()))?;
+        let id = ids
+            .next()
+            .ok_or_else(|| sqlx::Error::Protocol("too few message ids".into()))?;
+        head.last_seq += 1;
+        head.last_ts = now.max(head.last_ts + 1);
+        head.last_message_id = id;
+        let message = StoredMessage {
+            id: MessageId(id),
+            sender_id: m.sender_id,
+            recipient_id: m.recipient_id,
+            body: m.body.clone(),
+            timestamp: head.last_ts,
+            seq: head.last_seq,
+            delivered_at: None,
+        };
+        rows.push(head.id, &message, m.client_msg_id.as_deref());
+        // A second send with the same key in this batch is a retry of this one.
+        if let Some(k) = &m.client_msg_id {
+            originals.insert((m.sender_id.get(), k.clone()), message.clone());
+        }
+        outcomes.push(WriteOutcome::Stored {
+            message,
+            duplicate: false,
+        });
+    }
+    if !rows.ids.is_empty() {
+        rows.insert(conn).await?;
+        let touched: Vec<&Head> = heads.values().collect();
+        sqlx::query(
+            "UPDATE conversations c SET last_seq = v.seq, last_ts = v.ts, last_message_id = v.mid
+             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS v(id, seq, ts, mid)
+             WHERE c.id = v.id AND v.seq > c.last_seq",
+        )
+        .bind(touched.iter().map(|h| h.id).collect::<Vec<_>>())
+        .bind(touched.iter().map(|h| h.last_seq).collect::<Vec<_>>())
+        .bind(touched.iter().map(|h| h.last_ts).collect::<Vec<_>>())
+        .bind(touched.iter().map(|h| h.last_message_id).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(outcomes)
+}
+
+fn is_known(originals: &HashMap<(i64, String), StoredMessage>, m: &NewMessage) -> bool {
+    m.client_msg_id
+        .as_ref()
+        .is_some_and(|k| originals.contains_key(&(m.sender_id.get(), k.clone())))
+}
+
+/// The new rows of a batch, column by column, for one `unnest` insert.
+#[derive(Default)]
+struct NewRows<'a> {
+    ids: Vec<i64>,
+    conversations: Vec<i64>,
+    seqs: Vec<i64>,
+    senders: Vec<i64>,
+    recipients: Vec<i64>,
+    bodies: Vec<String>,
+    timestamps: Vec<i64>,
+    keys: Vec<Option<&'a str>>,
+}
+
+impl<'a> NewRows<'a> {
+    fn push(&mut self, conversation: i64, m: &StoredMessage, key: Option<&'a str>) {
+        self.ids.push(m.id.get());
+        self.conversations.push(conversation);
+        self.seqs.push(m.seq);
+        self.senders.push(m.sender_id.get());
+        self.recipients.push(m.recipient_id.get());
+        self.bodies.push(m.body.clone());
+        self.timestamps.push(m.timestamp);
+        self.keys.push(key);
+    }
+
+    async fn insert(self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO messages (id, conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id)
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
+                                  $7::int8[], $8::text[])",
+        )
+        .bind(self.ids)
+        .bind(self.conversations)
+        .bind(self.seqs)
+        .bind(self.senders)
+        .bind(self.recipients)
+        .bind(self.bodies)
+        .bind(self.timestamps)
+        .bind(self.keys)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Marks acknowledged messages delivered; one list per `Deliver` op, in order.
+async fn deliver(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Result<Vec<Vec<DeliveredMessage>>> {
+    let mut ids = Vec::new();
+    let mut recipients = Vec::new();
+    for op in ops {
+        if let WriteOp::Deliver {
+            recipient_id,
+            message_ids,
+        } = op
+        {
+            for id in message_ids {
+                ids.push(id.get());
+                recipients.push(recipient_id.get());
+            }
+        }
+    }
+    let mut newly: HashMap<(i64, i64), i64> = HashMap::new(); // (id, recipient) -> sender
+    if !ids.is_empty() {
+        let rows = sqlx::query(
+            "UPDATE messages m SET delivered_at = $3
+             FROM (SELECT DISTINCT * FROM unnest($1::int8[], $2::int8[])) AS a(id, recipient)
+             WHERE m.id = a.id AND m.recipient_id = a.recipient AND m.delivered_at IS NULL
+             RETURNING m.id, m.recipient_id, m.sender_id",
+        )
+        .bind(&ids)
+        .bind(&recipients)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            newly.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+        }
+    }
+    // Each message is reported once, to the first op that acknowledged it.
+    let mut lists = Vec::new();
+    for op in ops {
+        if let WriteOp::Deliver {
+            recipient_id,
+            message_ids,
+        } = op
+        {
+            let mut list = Vec::new();
+            for id in message_ids {
+                if let Some(sender) = newly.remove(&(id.get(), recipient_id.get())) {
+                    list.push(DeliveredMessage {
+                        id: *id,
+                        sender_id: UserId(sender),
+                        recipient_id: *recipient_id,
+                        delivered_at: now,
+                    });
+                }
+            }
+            lists.push(list);
+        }
+    }
+    Ok(lists)
+}

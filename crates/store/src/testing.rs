@@ -1,0 +1,59 @@
+//! Test support, shared by this crate's tests and the server's: a scratch
+//! PostgreSQL schema per test, so tests run in parallel on one database.
+//! Not part of the store's API.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::{Connection, PgConnection};
+
+use crate::StoreResult;
+use crate::postgres::backend;
+
+/// The database tests use: `DYAD_TEST_POSTGRES`, else the machine's local
+/// PostgreSQL (trust auth, database `test`).
+pub fn postgres_url() -> String {
+    std::env::var("DYAD_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Creates an empty schema and returns a URL whose connections use it.
+/// Schemas left by earlier runs (older than an hour) are dropped on the way.
+pub async fn scratch_postgres_url() -> StoreResult<String> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let base = postgres_url();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let name = format!(
+        "dyad_t_{now}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut conn = PgConnection::connect(&base).await.map_err(backend)?;
+    let old: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'dyad\\_t\\_%'")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(backend)?;
+    for schema in old {
+        let created = schema
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(now);
+        if created + 3600 < now {
+            // Identifiers cannot be bound; these names come from pg_namespace
+            // and match the pattern above.
+            let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .map_err(backend)?;
+        }
+    }
+    let sql = format!("CREATE SCHEMA \"{name}\"");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .map_err(backend)?;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Ok(format!("{base}{separator}options[search_path]={name}"))
+}
