@@ -45,7 +45,8 @@ enum BenchMode {
 #[derive(Debug, Clone, Args)]
 pub struct Target {
     /// A running server (e.g. http://127.0.0.1:8080). Without it, the bench
-    /// starts `dyad serve` itself on a fresh SQLite file and stops it after.
+    /// starts `dyad serve` itself, on --database or else a fresh SQLite
+    /// file, and stops it after.
     #[arg(long)]
     url: Option<String>,
     /// Several servers: users are spread over them so that sender and
@@ -53,7 +54,8 @@ pub struct Target {
     #[arg(long, value_delimiter = ',', conflicts_with = "url")]
     nodes: Vec<String>,
     /// The store of the server(s) given by --url/--nodes, to provision users
-    /// into directly (see `dyad admin provision`).
+    /// into directly (see `dyad admin provision`); without --url, the store
+    /// of the server the bench starts (e.g. postgres://…).
     #[arg(long)]
     database: Option<String>,
     /// Users from `dyad admin provision --out FILE` instead of provisioning.
@@ -122,7 +124,10 @@ impl Target {
             return Ok((servers, users));
         }
         let dir = tempfile::tempdir()?;
-        let database = format!("sqlite://{}", dir.path().join("bench.db").display());
+        let database = match &self.database {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+        };
         let users = admin::provision(&database, &prefix, count, ttl).await?;
         let (child, url) = spawn_server(&database, &self.server_arg).await?;
         let pid = child.id();

@@ -22,10 +22,23 @@ use crate::terminal::{dyad, run, stdout, wait_line};
 /// Browsers on a busy 2-core machine are slow; a page condition gets this long.
 const PAGE_WAIT: Duration = Duration::from_secs(30);
 
-/// A chromedriver process on a free port, killed when dropped.
+/// A chromedriver process on a free port. It leads a process group of its
+/// own, with the browsers it starts; dropping it kills the whole group, so a
+/// failed test leaves no browser behind.
 struct Chromedriver {
     url: String,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        // The group's id is chromedriver's pid (process_group(0) below).
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok())
+            && pid > 1
+        {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 impl Chromedriver {
@@ -44,6 +57,7 @@ impl Chromedriver {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -53,7 +67,7 @@ impl Chromedriver {
             assert!(started.elapsed() < PAGE_WAIT, "chromedriver did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Chromedriver { url, _child: child }
+        Chromedriver { url, child }
     }
 
     /// A new browser: its own Chromium process and empty profile.
