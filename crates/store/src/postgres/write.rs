@@ -14,8 +14,8 @@ use dyad_protocol::{MessageId, UserId};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
 
-use super::{backend, message, message_columns};
-use crate::{DeliveredMessage, NewMessage, StoreResult, StoredMessage, WriteOp, WriteOutcome};
+use super::{backend, message, message_columns, messages};
+use crate::{DeliveredMessage, NewMessage, StoreResult, StoredMessage, WriteOp, WriteOutcome, client_key};
 
 /// How often a batch is rerun after a deadlock before the error stands.
 const ATTEMPTS: usize = 4;
@@ -134,24 +134,26 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
     }
 
     // Messages already stored under the keys this batch carries.
-    let keyed: Vec<(i64, &str)> = sends
+    let keyed: Vec<(i64, i64)> = sends
         .iter()
         .filter(|m| valid(m))
-        .filter_map(|m| m.client_msg_id.as_deref().map(|k| (m.sender_id.get(), k)))
+        .filter_map(|m| m.client_msg_id.as_deref().map(|k| (m.sender_id.get(), client_key(k))))
         .collect();
     let mut originals: HashMap<(i64, String), StoredMessage> = HashMap::new();
     if !keyed.is_empty() {
-        let (senders, keys): (Vec<i64>, Vec<&str>) = keyed.into_iter().unzip();
+        let (senders, keys): (Vec<i64>, Vec<i64>) = keyed.into_iter().unzip();
         let rows = sqlx::query(concat!(
             "SELECT ",
             message_columns!(),
-            ", client_msg_id FROM messages
-             WHERE (sender_id, client_msg_id) IN (SELECT * FROM unnest($1::int8[], $2::text[]))"
+            ", m.client_msg_id",
+            messages!(),
+            "WHERE (m.sender_id, m.client_key) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))"
         ))
         .bind(&senders)
         .bind(&keys)
         .fetch_all(&mut *conn)
         .await?;
+        // Hash matches are compared in full: a collision is a new message.
         for row in rows {
             let m = message(&row)?;
             originals.insert((m.sender_id.get(), row.try_get(7)?), m);
@@ -248,6 +250,7 @@ struct NewRows<'a> {
     bodies: Vec<String>,
     timestamps: Vec<i64>,
     keys: Vec<Option<&'a str>>,
+    hashes: Vec<Option<i64>>,
 }
 
 impl<'a> NewRows<'a> {
@@ -260,24 +263,32 @@ impl<'a> NewRows<'a> {
         self.bodies.push(m.body.clone());
         self.timestamps.push(m.timestamp);
         self.keys.push(key);
+        self.hashes.push(key.map(client_key));
     }
 
+    /// Inserts the messages and their pending rows.
     async fn insert(self, conn: &mut PgConnection) -> sqlx::Result<()> {
         sqlx::query(
-            "INSERT INTO messages (id, conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id)
+            "INSERT INTO messages (id, conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id, client_key)
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
-                                  $7::int8[], $8::text[])",
+                                  $7::int8[], $8::text[], $9::int8[])",
         )
-        .bind(self.ids)
+        .bind(&self.ids)
         .bind(self.conversations)
         .bind(self.seqs)
         .bind(self.senders)
-        .bind(self.recipients)
+        .bind(&self.recipients)
         .bind(self.bodies)
         .bind(self.timestamps)
         .bind(self.keys)
-        .execute(conn)
+        .bind(self.hashes)
+        .execute(&mut *conn)
         .await?;
+        sqlx::query("INSERT INTO pending (recipient_id, message_id) SELECT * FROM unnest($1::int8[], $2::int8[])")
+            .bind(&self.recipients)
+            .bind(&self.ids)
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 }
@@ -300,11 +311,19 @@ async fn deliver(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Re
     }
     let mut newly: HashMap<(i64, i64), i64> = HashMap::new(); // (id, recipient) -> sender
     if !ids.is_empty() {
+        // The first ack of a message deletes its pending row (the recipient
+        // is part of the key: acks for others' messages match nothing), and
+        // only those messages get a delivery row. Messages are never
+        // updated: an update rewrote the row and, mostly, every index.
         let rows = sqlx::query(
-            "UPDATE messages m SET delivered_at = $3
-             FROM (SELECT DISTINCT * FROM unnest($1::int8[], $2::int8[])) AS a(id, recipient)
-             WHERE m.id = a.id AND m.recipient_id = a.recipient AND m.delivered_at IS NULL
-             RETURNING m.id, m.recipient_id, m.sender_id",
+            "WITH acked AS (
+                 DELETE FROM pending p USING unnest($1::int8[], $2::int8[]) AS a(id, recipient)
+                 WHERE p.recipient_id = a.recipient AND p.message_id = a.id
+                 RETURNING p.message_id),
+             marked AS (
+                 INSERT INTO deliveries (message_id, delivered_at) SELECT message_id, $3 FROM acked
+                 RETURNING message_id)
+             SELECT m.id, m.recipient_id, m.sender_id FROM marked JOIN messages m ON m.id = marked.message_id",
         )
         .bind(&ids)
         .bind(&recipients)

@@ -2,6 +2,8 @@
 
 use rusqlite::Connection;
 
+use crate::client_key;
+
 /// Each entry moves the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -59,17 +61,6 @@ CREATE INDEX messages_by_client_key ON messages (sender_id, client_key) WHERE cl
 "#,
 ];
 
-/// The hash of an idempotency key that the index holds: FNV-1a, 64 bits.
-/// Stable by definition (unlike std's hasher), since it is stored.
-pub(super) fn client_key(client_msg_id: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in client_msg_id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h as i64
-}
-
 /// Fills `client_key` for rows written before it existed (step 2).
 fn backfill_client_keys(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     let rows: Vec<(i64, String)> = tx
@@ -101,14 +92,6 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn client_keys_are_fnv1a_and_never_change() {
-        // Stored in databases: these values must hold forever.
-        assert_eq!(client_key(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
-        assert_eq!(client_key("a"), 0xaf63_dc4c_8601_ec8c_u64 as i64);
-        assert_ne!(client_key("k1"), client_key("k2"));
-    }
 
     #[test]
     fn a_version_1_database_gets_its_keys_backfilled() {

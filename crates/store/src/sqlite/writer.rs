@@ -9,8 +9,7 @@ use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::rows::{self, message_columns};
-use super::schema::client_key;
-use crate::{DeliveredMessage, NewMessage, StoreError, StoreResult, StoredMessage, WriteOp, WriteOutcome};
+use crate::{DeliveredMessage, NewMessage, StoreError, StoreResult, StoredMessage, WriteOp, WriteOutcome, client_key};
 
 /// A unit of work for the writer thread.
 pub(super) type Job = Box<dyn FnOnce(&mut Writer) + Send>;
