@@ -25,8 +25,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    term: term::Common,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +58,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
         Command::Admin(command) => runtime.block_on(admin::run(command)),
-        Command::Term(command) => runtime.block_on(term::run(cli.term, command)),
+        Command::Term(command) => runtime.block_on(term::run(command)),
     }
 }

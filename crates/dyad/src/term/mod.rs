@@ -21,8 +21,17 @@ use serde::{Deserialize, Serialize};
 pub struct Common {
     /// The credentials file [default: $XDG_CONFIG_HOME/dyad/credentials.json,
     /// else ~/.config/dyad/credentials.json].
-    #[arg(long, env = "DYAD_CONFIG", global = true)]
+    #[arg(long, env = "DYAD_CONFIG")]
     config: Option<PathBuf>,
+}
+
+impl Common {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match &self.config {
+            Some(path) => Ok(path.clone()),
+            None => default_config_path(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,13 +41,13 @@ pub enum TermCommand {
     /// Log in; the session is kept in the credentials file.
     Login(LoginArgs),
     /// End the session on the server and forget it here.
-    Logout,
+    Logout(Common),
     /// Send one message and wait until the server has stored it.
     Send(SendArgs),
     /// Print a conversation's history, oldest first.
     History(HistoryArgs),
     /// List your conversations, most recent first.
-    Conversations(JsonFlag),
+    Conversations(ConversationsArgs),
     /// Chat interactively: lines you type are sent; incoming messages,
     /// delivered ticks, presence and typing show as they happen.
     Chat(ChatArgs),
@@ -54,6 +63,16 @@ pub struct LoginArgs {
     /// Read the password from the first line of stdin instead of prompting.
     #[arg(long)]
     password_stdin: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct ConversationsArgs {
+    #[command(flatten)]
+    out: JsonFlag,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +94,8 @@ pub struct SendArgs {
     client_msg_id: Option<String>,
     #[command(flatten)]
     out: JsonFlag,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +110,8 @@ pub struct HistoryArgs {
     before: Option<i64>,
     #[command(flatten)]
     out: JsonFlag,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +121,8 @@ pub struct ChatArgs {
     /// How many earlier messages to show first.
     #[arg(long, default_value_t = 20)]
     history: u32,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// What the credentials file holds.
@@ -110,27 +135,23 @@ struct Credentials {
     expires_at: i64,
 }
 
-pub async fn run(common: Common, command: TermCommand) -> anyhow::Result<()> {
-    let path = match common.config {
-        Some(path) => path,
-        None => default_config_path()?,
-    };
+pub async fn run(command: TermCommand) -> anyhow::Result<()> {
     match command {
         TermCommand::Register(args) => {
             let password = read_password(args.password_stdin)?;
             Client::new(&args.server).register(&args.username, &password).await?;
-            login(&path, &args, &password).await
+            login(&args.common.path()?, &args, &password).await
         }
         TermCommand::Login(args) => {
             let password = read_password(args.password_stdin)?;
-            login(&path, &args, &password).await
+            login(&args.common.path()?, &args, &password).await
         }
-        TermCommand::Logout => logout(&path).await,
-        TermCommand::Send(args) => send(&path, args).await,
-        TermCommand::History(args) => history(&path, args).await,
-        TermCommand::Conversations(out) => conversations(&path, out).await,
+        TermCommand::Logout(common) => logout(&common.path()?).await,
+        TermCommand::Send(args) => send(&args.common.path()?, args).await,
+        TermCommand::History(args) => history(&args.common.path()?, args).await,
+        TermCommand::Conversations(args) => conversations(&args.common.path()?, args.out).await,
         TermCommand::Chat(args) => {
-            let (credentials, client) = logged_in(&path)?;
+            let (credentials, client) = logged_in(&args.common.path()?)?;
             chat::run(credentials, client, args).await
         }
     }
