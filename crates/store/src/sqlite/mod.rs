@@ -25,6 +25,8 @@ use writer::{Job, Writer};
 
 /// How many read connections the pool holds.
 const READERS: usize = 4;
+/// How much of the file each read connection maps (address space, not memory).
+const READER_MMAP_BYTES: i64 = 64 << 30;
 /// The writer's page cache, in KiB.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// WAL pages after which a commit completes a checkpoint (SQLite's default).
@@ -104,6 +106,9 @@ impl SqliteStore {
             )
             .map_err(backend)?;
             r.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+            // Reads map the file instead of copying each page through
+            // pread into a small per-connection cache (docs/BENCHMARKS.md §4).
+            r.pragma_update(None, "mmap_size", READER_MMAP_BYTES).map_err(backend)?;
             readers.push(r);
         }
         let jobs = Writer::spawn(conn).map_err(backend)?;
