@@ -318,6 +318,9 @@ async fn conversations(path: &Path, out: JsonFlag) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&list)?);
         return Ok(());
     }
+    if list.conversations.is_empty() {
+        println!("no conversations yet: `dyad chat USERNAME` starts one");
+    }
     for c in &list.conversations {
         println!(
             "{:<20} {}",
