@@ -1,5 +1,6 @@
 //! The store's batch write: one group-commit transaction of sends and
-//! delivery acks, as the load generator's traffic makes them.
+//! delivery acks, as the load generator's traffic makes them, on SQLite and
+//! (when the machine has one) PostgreSQL.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::cell::RefCell;
@@ -14,12 +15,25 @@ const BATCH: usize = 512;
 fn batch(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = runtime
-        .block_on(dyad_store::open(&format!(
-            "sqlite://{}",
-            dir.path().join("b.db").display()
-        )))
-        .unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("b.db").display());
+    let mut group = c.benchmark_group("store");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    bench_store(&mut group, &runtime, "sqlite", &sqlite);
+    // PostgreSQL when the machine has one (a scratch schema, as the tests use).
+    match runtime.block_on(dyad_store::testing::scratch_postgres_url()) {
+        Ok(url) => bench_store(&mut group, &runtime, "postgres", &url),
+        Err(e) => eprintln!("skipping postgres: {e}"),
+    }
+    group.finish();
+}
+
+fn bench_store(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    driver: &str,
+    url: &str,
+) {
+    let store = runtime.block_on(dyad_store::open(url)).unwrap();
     let accounts = (0..USERS)
         .map(|i| ProvisionedAccount {
             username: format!("u{i}"),
@@ -37,9 +51,7 @@ fn batch(c: &mut Criterion) {
     // (messages sent so far, messages waiting for their delivery ack)
     let state: RefCell<(usize, Vec<(UserId, MessageId)>)> = RefCell::new((0, Vec::new()));
 
-    let mut group = c.benchmark_group("store");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("sqlite write_batch (half sends, half delivery acks)", |b| {
+    group.bench_function(format!("{driver} write_batch (half sends, half delivery acks)"), |b| {
         b.iter_batched(
             || {
                 let (next, pending) = &mut *state.borrow_mut();
@@ -74,7 +86,6 @@ fn batch(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    group.finish();
 }
 
 criterion_group!(benches, batch);
