@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use dyad_protocol::{MessageId, UserId};
-use dyad_store::{NewMessage, ProvisionedAccount, WriteOp, WriteOutcome};
+use dyad_store::{NewMessage, WriteOp, WriteOutcome};
 
 const USERS: usize = 1000;
 const BATCH: usize = 512;
@@ -34,19 +34,7 @@ fn bench_store(
     url: &str,
 ) {
     let store = runtime.block_on(dyad_store::open(url)).unwrap();
-    let accounts = (0..USERS)
-        .map(|i| ProvisionedAccount {
-            username: format!("u{i}"),
-            password_hash: "h".into(),
-            token_hash: {
-                let mut h = [0u8; 32];
-                h[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                h
-            },
-            created_at: 0,
-            expires_at: 1,
-        })
-        .collect();
+    let accounts = dyad_store::testing::numbered_accounts(USERS);
     let users: Vec<UserId> = runtime.block_on(store.provision(accounts)).unwrap();
     // (messages sent so far, messages waiting for their delivery ack)
     let state: RefCell<(usize, Vec<(UserId, MessageId)>)> = RefCell::new((0, Vec::new()));

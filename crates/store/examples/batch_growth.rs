@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use dyad_protocol::{MessageId, UserId};
-use dyad_store::{NewMessage, ProvisionedAccount, WriteOp, WriteOutcome};
+use dyad_store::{NewMessage, WriteOp, WriteOutcome};
 
 #[tokio::main]
 async fn main() {
@@ -20,19 +20,7 @@ async fn main() {
     let store = dyad_store::open(&format!("sqlite://{}", dir.path().join("g.db").display()))
         .await
         .unwrap();
-    let accounts = (0..users)
-        .map(|i| ProvisionedAccount {
-            username: format!("u{i}"),
-            password_hash: "h".into(),
-            token_hash: {
-                let mut h = [0u8; 32];
-                h[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                h
-            },
-            created_at: 0,
-            expires_at: 1,
-        })
-        .collect();
+    let accounts = dyad_store::testing::numbered_accounts(users);
     let ids: Vec<UserId> = store.provision(accounts).await.unwrap();
     let mut pending: Vec<(UserId, MessageId)> = Vec::new();
     let (mut k, mut window, mut window_ops) = (0usize, Instant::now(), 0usize);

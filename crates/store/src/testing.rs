@@ -1,14 +1,15 @@
-//! Test support, shared by this crate's tests and the server's: a scratch
-//! PostgreSQL schema per test, so tests run in parallel on one database.
-//! Not part of the store's API.
+//! Test support, shared by this crate's tests, benches and examples and the
+//! server's tests: a scratch PostgreSQL schema per test, so tests run in
+//! parallel on one database, and numbered accounts to provision. Not part of
+//! the store's API.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{Connection, PgConnection};
 
-use crate::StoreResult;
 use crate::postgres::backend;
+use crate::{ProvisionedAccount, StoreResult};
 
 /// The database tests use: `DYAD_TEST_POSTGRES`, else the machine's local
 /// PostgreSQL (trust auth, database `test`).
@@ -56,4 +57,22 @@ pub async fn scratch_postgres_url() -> StoreResult<String> {
         .map_err(backend)?;
     let separator = if base.contains('?') { '&' } else { '?' };
     Ok(format!("{base}{separator}options[search_path]={name}"))
+}
+
+/// Accounts `u0`, `u1`, … with distinct token hashes and one shared
+/// password hash, for benches that provision users straight into a store.
+pub fn numbered_accounts(n: usize) -> Vec<ProvisionedAccount> {
+    (0..n)
+        .map(|i| ProvisionedAccount {
+            username: format!("u{i}"),
+            password_hash: "h".into(),
+            token_hash: {
+                let mut h = [0u8; 32];
+                h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                h
+            },
+            created_at: 0,
+            expires_at: 1,
+        })
+        .collect()
 }

@@ -40,6 +40,31 @@ macro_rules! messages {
 }
 use messages;
 
+/// The columns `user` reads, in its order.
+macro_rules! user_columns {
+    () => {
+        "id, username, password_hash, created_at, last_seen"
+    };
+}
+
+/// A page of one conversation, `$3` the time bound: `$cmp` and `$order`
+/// pick older-than newest-first or newer-than oldest-first.
+macro_rules! page_query {
+    ($cmp:literal, $order:literal) => {
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            messages!(),
+            "WHERE m.conversation_id = (SELECT id FROM conversations WHERE user_lo = $1 AND user_hi = $2)
+               AND m.ts ",
+            $cmp,
+            " $3 ORDER BY m.ts ",
+            $order,
+            " LIMIT $4"
+        )
+    };
+}
+
 /// Connections per node: one batch writer at a time plus readers. Five
 /// nodes stay well under PostgreSQL's default of 100.
 const POOL_SIZE: u32 = 16;
@@ -150,10 +175,10 @@ fn limit(n: usize) -> i64 {
 #[async_trait]
 impl MessageStore for PostgresStore {
     async fn create_user(&self, username: &str, password_hash: &str, now: i64) -> StoreResult<UserRecord> {
-        let row = sqlx::query(
-            "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3)
-             RETURNING id, username, password_hash, created_at, last_seen",
-        )
+        let row = sqlx::query(concat!(
+            "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3) RETURNING ",
+            user_columns!()
+        ))
         .bind(username)
         .bind(password_hash)
         .bind(now)
@@ -167,7 +192,7 @@ impl MessageStore for PostgresStore {
     }
 
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        sqlx::query("SELECT id, username, password_hash, created_at, last_seen FROM users WHERE username = $1")
+        sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1"))
             .bind(username)
             .fetch_optional(&self.pool)
             .await
@@ -177,7 +202,7 @@ impl MessageStore for PostgresStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        sqlx::query("SELECT id, username, password_hash, created_at, last_seen FROM users WHERE id = $1")
+        sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
             .bind(id.get())
             .fetch_optional(&self.pool)
             .await
@@ -312,30 +337,8 @@ impl MessageStore for PostgresStore {
     async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page> {
         let (lo, hi) = (a.get().min(b.get()), a.get().max(b.get()));
         let (sql, bound, n) = match page {
-            PageRequest::Before { before, limit } => (
-                concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    messages!(),
-                    "WHERE m.conversation_id =
-                        (SELECT id FROM conversations WHERE user_lo = $1 AND user_hi = $2)
-                      AND m.ts < $3 ORDER BY m.ts DESC LIMIT $4"
-                ),
-                before.unwrap_or(i64::MAX),
-                limit,
-            ),
-            PageRequest::After { after, limit } => (
-                concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    messages!(),
-                    "WHERE m.conversation_id =
-                        (SELECT id FROM conversations WHERE user_lo = $1 AND user_hi = $2)
-                      AND m.ts > $3 ORDER BY m.ts ASC LIMIT $4"
-                ),
-                after,
-                limit,
-            ),
+            PageRequest::Before { before, limit } => (page_query!("<", "DESC"), before.unwrap_or(i64::MAX), limit),
+            PageRequest::After { after, limit } => (page_query!(">", "ASC"), after, limit),
         };
         let rows = sqlx::query(sql)
             .bind(lo)
@@ -380,17 +383,18 @@ impl MessageStore for PostgresStore {
     }
 
     async fn conversations(&self, user: UserId, n: usize) -> StoreResult<Vec<ConversationSummary>> {
-        let rows = sqlx::query(
-            "SELECT u.id, u.username, m.id, m.sender_id, m.recipient_id, m.body, m.ts, m.seq, d.delivered_at
-             FROM (SELECT user_hi AS peer, last_message_id, last_ts FROM conversations WHERE user_lo = $1 AND last_seq > 0
+        let rows = sqlx::query(concat!(
+            "SELECT u.id, u.username, ",
+            message_columns!(),
+            " FROM (SELECT user_hi AS peer, last_message_id, last_ts FROM conversations WHERE user_lo = $1 AND last_seq > 0
                    UNION ALL
                    SELECT user_lo AS peer, last_message_id, last_ts FROM conversations WHERE user_hi = $1 AND last_seq > 0) AS c
              JOIN users u ON u.id = c.peer
              JOIN messages m ON m.id = c.last_message_id
              LEFT JOIN deliveries d ON d.message_id = m.id
              ORDER BY c.last_ts DESC
-             LIMIT $2",
-        )
+             LIMIT $2"
+        ))
         .bind(user.get())
         .bind(limit(n))
         .fetch_all(&self.pool)

@@ -18,25 +18,23 @@ pub(super) fn history(c: &Connection, a: UserId, b: UserId, page: PageRequest) -
             has_more: false,
         });
     };
+    // `?2` is the time bound: older-than newest-first, or newer-than oldest-first.
+    macro_rules! page_query {
+        ($cmp:literal, $order:literal) => {
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE conversation_id = ?1 AND ts ",
+                $cmp,
+                " ?2 ORDER BY ts ",
+                $order,
+                " LIMIT ?3"
+            )
+        };
+    }
     let (sql, bound, limit) = match page {
-        PageRequest::Before { before, limit } => (
-            concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM messages WHERE conversation_id = ?1 AND ts < ?2 ORDER BY ts DESC LIMIT ?3"
-            ),
-            before.unwrap_or(i64::MAX),
-            limit,
-        ),
-        PageRequest::After { after, limit } => (
-            concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM messages WHERE conversation_id = ?1 AND ts > ?2 ORDER BY ts ASC LIMIT ?3"
-            ),
-            after,
-            limit,
-        ),
+        PageRequest::Before { before, limit } => (page_query!("<", "DESC"), before.unwrap_or(i64::MAX), limit),
+        PageRequest::After { after, limit } => (page_query!(">", "ASC"), after, limit),
     };
     let mut messages = c
         .prepare_cached(sql)?
