@@ -244,10 +244,12 @@ async fn send(path: &Path, args: SendArgs) -> anyhow::Result<()> {
     };
     let mut session = ChatSession::start(client, options);
     let key = match args.client_msg_id {
-        Some(key) => key,
-        None => new_key()?,
+        Some(key) => {
+            session.send_with_key(to, args.text, key.clone())?;
+            key
+        }
+        None => session.send(to, args.text)?,
     };
-    session.send_with_key(to, args.text, key.clone())?;
     while let Some(event) = session.next().await {
         match event {
             SessionEvent::Sent {
@@ -277,12 +279,6 @@ async fn send(path: &Path, args: SendArgs) -> anyhow::Result<()> {
         }
     }
     bail!("the connection ended before the message was stored")
-}
-
-fn new_key() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random generator failed: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 async fn history(path: &Path, args: HistoryArgs) -> anyhow::Result<()> {
