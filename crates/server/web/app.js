@@ -275,7 +275,7 @@ function onMessage(message) {
   if (!peer) {
     refreshConversations(); // someone new: the list call brings the username
   } else {
-    if (!peer.last_message || peer.last_message.seq <= message.seq) peer.last_message = message;
+    setLastMessage(peer, message);
     if (incoming) peer.typingUntil = 0;
     if (isNew && incoming && state.open !== peerId) peer.unread = (peer.unread || 0) + 1;
   }
@@ -311,7 +311,7 @@ function onAck(ack) {
   };
   storeMessage(ack.recipient_id, message);
   const peer = state.peers.get(ack.recipient_id);
-  if (peer && (!peer.last_message || peer.last_message.seq <= message.seq)) peer.last_message = message;
+  if (peer) setLastMessage(peer, message);
   render();
   refreshWhenSettled();
 }
@@ -454,10 +454,13 @@ function addPeer(userId, username, lastMessage) {
     send("subscribe_presence", { user_ids: [userId] });
   }
   peer.username = username;
-  if (lastMessage && (!peer.last_message || peer.last_message.seq <= lastMessage.seq)) {
-    peer.last_message = lastMessage;
-  }
+  if (lastMessage) setLastMessage(peer, lastMessage);
   return peer;
+}
+
+/** The conversation's newest message, for the list (by seq: never older). */
+function setLastMessage(peer, message) {
+  if (!peer.last_message || peer.last_message.seq <= message.seq) peer.last_message = message;
 }
 
 async function refreshConversations() {

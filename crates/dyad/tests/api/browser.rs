@@ -147,18 +147,22 @@ async fn click(browser: &Browser, css: &str) {
     browser.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
 }
 
-async fn register(browser: &Browser, base: &str, name: &str) {
+/// Opens the page and waits for its sign-in form.
+async fn open_sign_in(browser: &Browser, base: &str) {
     browser.goto(base).await.unwrap();
-    wait_for(
-        browser,
-        "the sign-in form",
-        "return !document.getElementById('auth').hidden",
-        vec![],
-    )
-    .await;
+    wait_sign_in_form(browser, "the sign-in form").await;
+}
+
+async fn wait_sign_in_form(browser: &Browser, what: &str) {
+    wait_for(browser, what, "return !document.getElementById('auth').hidden", vec![]).await;
+}
+
+/// Fills the sign-in form and presses `button` (`#register-btn` or
+/// `#login-btn`).
+async fn sign_in(browser: &Browser, name: &str, button: &str) {
     fill(browser, "#username", name).await;
     fill(browser, "#password", PASSWORD).await;
-    click(browser, "#register-btn").await;
+    click(browser, button).await;
     signed_in_as(browser, name).await;
 }
 
@@ -215,17 +219,11 @@ async fn two_people_chat_in_the_browser() {
     let bob = driver.browser().await;
 
     // Both register; the sign-in form turns into the app.
-    alice.goto(&base).await.unwrap();
-    wait_for(
-        &alice,
-        "the sign-in form",
-        "return !document.getElementById('auth').hidden",
-        vec![],
-    )
-    .await;
+    open_sign_in(&alice, &base).await;
     screenshot(&alice, "sign-in.png").await;
-    register(&alice, &base, "alice").await;
-    register(&bob, &base, "bob").await;
+    sign_in(&alice, "alice", "#register-btn").await;
+    open_sign_in(&bob, &base).await;
+    sign_in(&bob, "bob", "#register-btn").await;
 
     // Alice starts a chat by username; an unknown name is a clear error.
     fill(&alice, "#new-chat-name", "nobody").await;
@@ -313,10 +311,9 @@ async fn two_people_chat_in_the_browser() {
 
     // Logout signs Bob out here and stays signed out across a reload.
     click(&bob, "#logout-btn").await;
-    let signed_out = "return !document.getElementById('auth').hidden";
-    wait_for(&bob, "bob's sign-in form", signed_out, vec![]).await;
+    wait_sign_in_form(&bob, "bob's sign-in form").await;
     bob.refresh().await.unwrap();
-    wait_for(&bob, "bob's sign-in form after a reload", signed_out, vec![]).await;
+    wait_sign_in_form(&bob, "bob's sign-in form after a reload").await;
 
     alice.close().await.unwrap();
     bob.close().await.unwrap();
@@ -373,18 +370,8 @@ async fn a_browser_and_a_terminal_chat_and_history_pages_back() {
     // Bob logs in (not registers) in the browser and scrolls up.
     let driver = Chromedriver::start().await;
     let browser = driver.browser().await;
-    browser.goto(&server.base).await.unwrap();
-    wait_for(
-        &browser,
-        "the sign-in form",
-        "return !document.getElementById('auth').hidden",
-        vec![],
-    )
-    .await;
-    fill(&browser, "#username", "bob").await;
-    fill(&browser, "#password", PASSWORD).await;
-    click(&browser, "#login-btn").await;
-    signed_in_as(&browser, "bob").await;
+    open_sign_in(&browser, &server.base).await;
+    sign_in(&browser, "bob", "#login-btn").await;
     open_chat(&browser, "alice").await;
     let shown = "return document.querySelectorAll('#message-list .msg').length === arguments[0]";
     wait_for(&browser, "the first page", shown, vec![json!(50)]).await;
