@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use dyad_server::Config;
+use dyad_server::config::ClusterConfig;
 use tracing_subscriber::EnvFilter;
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -53,14 +54,44 @@ pub struct ServeArgs {
     /// Most writes the group commit puts in one transaction.
     #[arg(long, env = "DYAD_MAX_BATCH", default_value_t = 1024)]
     max_batch: usize,
+    /// Joins a cluster: presence and routing between nodes over this Redis
+    /// (redis://HOST:PORT/). Needs a postgres:// database shared by the nodes,
+    /// and --node-id.
+    #[arg(long, env = "DYAD_REDIS", requires = "node_id")]
+    redis: Option<String>,
+    /// This node's name in the cluster (unique per node).
+    #[arg(long, env = "DYAD_NODE_ID", requires = "redis")]
+    node_id: Option<String>,
+    /// Put before every Redis key and channel name, so that several clusters
+    /// can share one Redis.
+    #[arg(long, env = "DYAD_REDIS_PREFIX", default_value = "")]
+    redis_prefix: String,
+    /// How long a node's users stay online in Redis without its heartbeat
+    /// (a node that dies takes its users offline after this).
+    #[arg(long, env = "DYAD_PRESENCE_TTL", default_value = "5m", value_parser = duration)]
+    presence_ttl: Duration,
     /// Log filter, e.g. info or dyad_server=debug.
     #[arg(long, env = "DYAD_LOG", default_value = "info")]
     log: String,
 }
 
 impl ServeArgs {
-    fn config(&self) -> Config {
-        Config {
+    fn config(&self) -> anyhow::Result<Config> {
+        let cluster = match (&self.redis, &self.node_id) {
+            (Some(redis), Some(node_id)) => {
+                if !self.database.starts_with("postgres") {
+                    anyhow::bail!("--redis needs a postgres:// --database that every node shares");
+                }
+                Some(ClusterConfig {
+                    redis_url: redis.clone(),
+                    node_id: node_id.clone(),
+                    prefix: self.redis_prefix.clone(),
+                    presence_ttl: self.presence_ttl,
+                })
+            }
+            _ => None,
+        };
+        Ok(Config {
             presence_grace: self.presence_grace,
             heartbeat_interval: self.heartbeat_interval,
             rate_limit: self.rate_limit,
@@ -71,7 +102,8 @@ impl ServeArgs {
             token_ttl: self.token_ttl,
             ws_buffer_bytes: self.ws_buffer_bytes,
             max_batch: self.max_batch,
-        }
+            cluster,
+        })
     }
 }
 
@@ -83,6 +115,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();
+    let config = args.config()?;
     let store = dyad_store::open(&args.database)
         .await
         .with_context(|| format!("opening {}", args.database))?;
@@ -92,8 +125,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // One line on stdout that scripts (and the crash test) can read.
     println!("dyad listening on http://{addr}");
-    tracing::info!(%addr, database = %args.database, "serving");
-    dyad_server::serve(listener, args.config(), store, shutdown_signal()).await?;
+    tracing::info!(%addr, database = %args.database, node = args.node_id.as_deref().unwrap_or("-"), "serving");
+    dyad_server::serve(listener, config, store, shutdown_signal()).await?;
     Ok(())
 }
 

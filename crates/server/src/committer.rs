@@ -17,6 +17,7 @@ use crate::clock::now_ms;
 use crate::codec::encode;
 use crate::hub::{Hub, Peer};
 use crate::metrics::Metrics;
+use crate::outbound::{Kind, Outbound, Sequenced};
 
 /// A write and where its answer goes.
 pub struct Submission {
@@ -156,15 +157,25 @@ fn dispatch(
     match outcome {
         WriteOutcome::Stored { message, duplicate } => {
             if let Some(origin) = &origin {
-                origin.learn(message.id);
-                origin.push(encode(&ServerEvent::MessageAck {
+                if duplicate {
+                    origin.learn(message.id);
+                }
+                let ack = encode(&ServerEvent::MessageAck {
                     client_msg_id,
                     message_id: message.id,
                     recipient_id: message.recipient_id,
                     timestamp: message.timestamp,
                     seq: message.seq,
                     status: MessageStatus::Sent,
-                }));
+                });
+                let ack = Sequenced {
+                    peer: message.recipient_id,
+                    seq: message.seq,
+                    id: message.id,
+                    ts: message.timestamp,
+                    frame: ack,
+                };
+                origin.send(Outbound::ordered(Kind::Ack, ack));
                 if let (true, Some(delivered_at)) = (duplicate, message.delivered_at) {
                     // A retry of a message that is already delivered: say so at once.
                     origin.push(encode(&ServerEvent::MessageDelivered {
@@ -180,8 +191,7 @@ fn dispatch(
             }
             metrics.messages_stored.inc();
             let frame = encode(&ServerEvent::ReceiveMessage(message.view()));
-            hub.deliver(message.recipient_id, &frame, message.id, None);
-            hub.deliver(message.sender_id, &frame, message.id, origin.map(|o| o.id));
+            hub.route_message(&message, frame, origin.map(|o| o.id));
         }
         WriteOutcome::UnknownRecipient => {
             if let Some(origin) = origin {
@@ -200,7 +210,7 @@ fn dispatch(
                     recipient_id: m.recipient_id,
                     delivered_at: m.delivered_at,
                 });
-                hub.deliver_notice(m.sender_id, &frame, m.id);
+                hub.route_delivered(&m, frame);
             }
         }
     }

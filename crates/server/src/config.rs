@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub use crate::cluster::ClusterConfig;
+
 /// Everything a running server can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -26,6 +28,8 @@ pub struct Config {
     pub ws_buffer_bytes: usize,
     /// Most operations the group commit puts in one transaction.
     pub max_batch: usize,
+    /// Cluster membership (Redis); `None` runs the node alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -41,6 +45,7 @@ impl Default for Config {
             token_ttl: Duration::from_secs(30 * 24 * 3600),
             ws_buffer_bytes: 1024,
             max_batch: 1024,
+            cluster: None,
         }
     }
 }

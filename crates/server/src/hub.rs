@@ -17,13 +17,15 @@ use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use dyad_protocol::events::{PresenceStatus, PresenceView};
 use dyad_protocol::{ConnectionId, MessageId, ServerEvent, UserId};
-use dyad_store::{MessageStore, SessionId, SessionRecord, StoreResult};
+use dyad_store::{DeliveredMessage, MessageStore, SessionId, SessionRecord, StoreResult, StoredMessage};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
+use crate::cluster::{Cluster, Incoming};
 use crate::codec::encode;
 use crate::metrics::Metrics;
+use crate::outbound::{Cursors, Kind, Outbound, Sequenced};
 
 /// Why a connection is being closed, as its close frame will say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +102,8 @@ pub struct Peer {
     /// that a client pipelining sends can never overflow its own queue with
     /// acks. A client that sends faster waits (TCP backpressure).
     pub sends_in_flight: Arc<Semaphore>,
-    outbound: mpsc::Sender<Utf8Bytes>,
+    max_in_flight: usize,
+    outbound: mpsc::Sender<Outbound>,
     closing: CancellationToken,
     /// Cancelled at shutdown: stop reading frames. Per connection, because a
     /// token shared by every connection would be a lock they all contend on.
@@ -116,7 +119,12 @@ impl Peer {
     /// Queues a frame. A full queue means a slow consumer: the connection is
     /// closed, and what it missed stays pending in the store.
     pub fn push(&self, frame: Utf8Bytes) {
-        match self.outbound.try_send(frame) {
+        self.send(Outbound::Frame(frame));
+    }
+
+    /// Queues an item (see [`Peer::push`]).
+    pub fn send(&self, item: Outbound) {
+        match self.outbound.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if self.close_reason.get().is_none() {
@@ -152,17 +160,26 @@ impl Peer {
 
     /// Whether this connection has seen message `id` (live, or by a retried send).
     fn knows(&self, id: MessageId) -> bool {
-        id > self.replay_upto || self.late_known.lock().is_ok_and(|k| k.contains(&id))
+        id > self.replay_upto || self.learned(id)
+    }
+
+    /// Whether this connection learned of message `id` through a retried send.
+    pub fn learned(&self, id: MessageId) -> bool {
+        self.late_known.lock().is_ok_and(|k| k.contains(&id))
     }
 
     /// Records that this connection saw message `id` through a retried send.
     pub fn learn(&self, id: MessageId) {
-        if id <= self.replay_upto
-            && let Ok(mut known) = self.late_known.lock()
+        if let Ok(mut known) = self.late_known.lock()
             && known.len() < MAX_LATE_KNOWN
         {
             known.insert(id);
         }
+    }
+
+    /// Whether some of its sends still wait for their ack.
+    pub fn sending(&self) -> bool {
+        self.sends_in_flight.available_permits() < self.max_in_flight
     }
 }
 
@@ -186,12 +203,21 @@ pub struct Hub {
     grace: Duration,
     store: Arc<dyn MessageStore>,
     metrics: Arc<Metrics>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Hub {
-    /// An empty hub whose committed mark starts at `committed`.
-    pub fn new(store: Arc<dyn MessageStore>, metrics: Arc<Metrics>, grace: Duration, committed: MessageId) -> Self {
+    /// An empty hub whose committed mark starts at `committed`; a cluster
+    /// member if given `cluster`.
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        metrics: Arc<Metrics>,
+        grace: Duration,
+        committed: MessageId,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Hub {
+            cluster,
             users: DashMap::new(),
             watchers: DashMap::new(),
             committed: AtomicI64::new(committed.get()),
@@ -208,8 +234,14 @@ impl Hub {
         self.committed.fetch_max(id.get(), Ordering::SeqCst);
     }
 
-    /// Adds a connection. Its `replay_upto` is the committed mark at this instant.
-    pub fn register(&self, session: SessionRecord, outbound: mpsc::Sender<Utf8Bytes>) -> Arc<Peer> {
+    /// The cluster this node is a member of, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Adds a connection. Its `replay_upto` is the committed mark at this
+    /// instant (on a cluster node: everything, bounded by [`Hub::attach`]'s marks).
+    pub fn register(&self, session: SessionRecord, outbound: mpsc::Sender<Outbound>) -> Arc<Peer> {
         let user = session.user_id;
         let mut came_online = false;
         let peer = {
@@ -217,13 +249,19 @@ impl Hub {
                 came_online = true;
                 UserEntry::default()
             });
+            let replay_upto = match self.cluster {
+                Some(_) => MessageId(i64::MAX),
+                None => MessageId(self.committed.load(Ordering::SeqCst)),
+            };
+            let max_in_flight = (outbound.max_capacity() / 2).max(1);
             let peer = Arc::new(Peer {
                 id: ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed)),
                 user_id: user,
                 session,
-                replay_upto: MessageId(self.committed.load(Ordering::SeqCst)),
+                replay_upto,
                 watching: Mutex::new(HashSet::new()),
-                sends_in_flight: Arc::new(Semaphore::new((outbound.max_capacity() / 2).max(1))),
+                sends_in_flight: Arc::new(Semaphore::new(max_in_flight)),
+                max_in_flight,
                 outbound,
                 closing: CancellationToken::new(),
                 stop_reading: CancellationToken::new(),
@@ -236,20 +274,38 @@ impl Hub {
             peer
         };
         self.metrics.connections.inc();
-        if came_online {
-            self.announce(PresenceView {
-                user_id: user,
-                status: PresenceStatus::Online,
-                last_seen: None,
-            });
+        if came_online && self.cluster.is_none() {
+            self.announce(online(user));
         }
         peer
+    }
+
+    /// On a cluster node, joins a new connection to the cluster: subscribes
+    /// to its user's channel, records its presence, and reads the marks that
+    /// split replay from live delivery. `None` on a single node.
+    pub async fn attach(&self, peer: &Peer) -> StoreResult<Option<Cursors>> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        cluster.hold(cluster.user_channel(peer.user_id)).await;
+        match cluster.connected(peer.user_id, &cluster.member(peer.id)).await {
+            Ok(true) => self.announce(online(peer.user_id)),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not record presence in redis"),
+        }
+        let marks = self.store.conversation_marks(peer.user_id).await?;
+        Ok(Some(Cursors::new(marks)))
     }
 
     /// Removes a connection. When it was the user's last, the grace period starts.
     pub fn unregister(self: &Arc<Self>, peer: &Arc<Peer>) {
         self.unwatch_all(peer);
         self.metrics.connections.dec();
+        if let Some(cluster) = &self.cluster {
+            cluster.release(cluster.user_channel(peer.user_id));
+            let (cluster, user, member) = (cluster.clone(), peer.user_id, cluster.member(peer.id));
+            tokio::spawn(async move { cluster.disconnected(user, member).await });
+        }
         let closed_at = now_ms();
         let mut grace = None;
         if let Some(mut entry) = self.users.get_mut(&peer.user_id) {
@@ -278,6 +334,17 @@ impl Hub {
         if !expired {
             return;
         }
+        if let Some(cluster) = &self.cluster {
+            match cluster.grace_over(user).await {
+                Ok(true) => {}
+                Ok(false) => return, // connected elsewhere, or already offline
+                Err(e) => {
+                    // Its presence expires by itself; watchers learn it by polling.
+                    tracing::warn!(error = %e, user_id = %user, "could not end presence in redis");
+                    return;
+                }
+            }
+        }
         if let Err(e) = self.store.set_last_seen(&[(user, closed_at)]).await {
             tracing::warn!(error = %e, user_id = %user, "could not store last_seen");
         }
@@ -288,32 +355,77 @@ impl Hub {
         });
     }
 
-    /// Sends `frame` about message `id` to each of `user`'s connections that
-    /// registered before the message was committed, except `except`.
-    pub fn deliver(&self, user: UserId, frame: &Utf8Bytes, id: MessageId, except: Option<ConnectionId>) {
+    /// Sends a stored message to its recipient's connections and to the
+    /// sender's others (all but `origin`), here and, on a cluster, on every node.
+    pub fn route_message(&self, message: &StoredMessage, frame: Utf8Bytes, origin: Option<ConnectionId>) {
+        let to_recipient = sequenced(message, message.sender_id, frame);
+        let to_sender = Sequenced {
+            peer: message.recipient_id,
+            ..to_recipient.clone()
+        };
+        self.deliver(message.recipient_id, &to_recipient, None);
+        self.deliver(message.sender_id, &to_sender, origin);
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_sequenced(message.recipient_id, Kind::Message, &to_recipient);
+            cluster.publish_sequenced(message.sender_id, Kind::Message, &to_sender);
+        }
+    }
+
+    /// Sends `message_delivered` to the sender's connections that saw the
+    /// message, here and, on a cluster, on every node.
+    pub fn route_delivered(&self, message: &DeliveredMessage, frame: Utf8Bytes) {
+        let notice = Sequenced {
+            peer: message.recipient_id,
+            seq: message.seq,
+            id: message.id,
+            ts: 0,
+            frame,
+        };
+        self.deliver_notice(message.sender_id, &notice);
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_sequenced(message.sender_id, Kind::Delivered, &notice);
+        }
+    }
+
+    /// Sends a message to each of `user`'s connections here, except
+    /// `except`; on a single node only to those that registered before it
+    /// was committed (the rest replay it).
+    fn deliver(&self, user: UserId, message: &Sequenced, except: Option<ConnectionId>) {
         if let Some(entry) = self.users.get(&user) {
             for peer in entry
                 .peers
                 .iter()
-                .filter(|p| p.replay_upto < id && Some(p.id) != except)
+                .filter(|p| (self.cluster.is_some() || p.replay_upto < message.id) && Some(p.id) != except)
             {
-                peer.push(frame.clone());
+                peer.send(Outbound::ordered(Kind::Message, message.clone()));
             }
         }
     }
 
-    /// Sends a `message_delivered` frame for message `id` to each of `user`'s
-    /// connections that has seen the message.
-    pub fn deliver_notice(&self, user: UserId, frame: &Utf8Bytes, id: MessageId) {
+    /// Sends `message_delivered` to each of `user`'s connections here that
+    /// has seen the message (a cluster connection decides that itself).
+    fn deliver_notice(&self, user: UserId, notice: &Sequenced) {
         if let Some(entry) = self.users.get(&user) {
-            for peer in entry.peers.iter().filter(|p| p.knows(id)) {
-                peer.push(frame.clone());
+            for peer in entry
+                .peers
+                .iter()
+                .filter(|p| self.cluster.is_some() || p.knows(notice.id))
+            {
+                peer.send(Outbound::ordered(Kind::Delivered, notice.clone()));
             }
         }
     }
 
-    /// Sends an ephemeral frame to every connection of `user`; false if none.
+    /// Sends an ephemeral frame to every connection of `user`, here and on
+    /// other nodes; false if `user` has none here.
     pub fn relay(&self, user: UserId, frame: &Utf8Bytes) -> bool {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_typing(user, frame);
+        }
+        self.relay_here(user, frame)
+    }
+
+    fn relay_here(&self, user: UserId, frame: &Utf8Bytes) -> bool {
         match self.users.get(&user) {
             Some(entry) if !entry.peers.is_empty() => {
                 entry.peers.iter().for_each(|p| p.push(frame.clone()));
@@ -328,18 +440,28 @@ impl Hub {
         self.users.contains_key(&user)
     }
 
+    /// Whether `user` is online here or, on a cluster, on any node.
+    async fn online_anywhere(&self, user: UserId) -> bool {
+        match &self.cluster {
+            Some(cluster) => match cluster.is_online(user).await {
+                Ok(online) => online,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read presence from redis");
+                    self.is_online(user)
+                }
+            },
+            None => self.is_online(user),
+        }
+    }
+
     /// The presence of `user`, or `None` if there is no such user.
     pub async fn presence(&self, user: UserId) -> StoreResult<Option<PresenceView>> {
-        if self.is_online(user) {
-            return Ok(Some(PresenceView {
-                user_id: user,
-                status: PresenceStatus::Online,
-                last_seen: None,
-            }));
+        if self.online_anywhere(user).await {
+            return Ok(Some(online(user)));
         }
         let record = self.store.user_by_id(user).await?;
         // Re-check: the user may have connected while the store answered.
-        let status = if self.is_online(user) {
+        let status = if self.online_anywhere(user).await {
             PresenceStatus::Online
         } else {
             PresenceStatus::Offline
@@ -355,11 +477,15 @@ impl Hub {
         }))
     }
 
-    /// Adds `peer` to the watchers of `user`; false if it already watched.
-    pub fn watch(&self, peer: &Arc<Peer>, user: UserId) -> bool {
+    /// Adds `peer` to the watchers of `user` (on a cluster, once this node
+    /// hears `user`'s presence changes); false if it already watched.
+    pub async fn watch(&self, peer: &Arc<Peer>, user: UserId) -> bool {
         let added = peer.watching.lock().is_ok_and(|mut w| w.insert(user));
         if added {
             self.watchers.entry(user).or_default().push(peer.clone());
+            if let Some(cluster) = &self.cluster {
+                cluster.hold(cluster.presence_channel(user)).await;
+            }
         }
         added
     }
@@ -367,10 +493,19 @@ impl Hub {
     /// Removes `peer` from the watchers of `user`.
     pub fn unwatch(&self, peer: &Peer, user: UserId) {
         if peer.watching.lock().is_ok_and(|mut w| w.remove(&user)) {
-            self.watchers.remove_if_mut(&user, |_, list| {
-                list.retain(|p| p.id != peer.id);
-                list.is_empty()
-            });
+            let nobody_left = self
+                .watchers
+                .remove_if_mut(&user, |_, list| {
+                    list.retain(|p| p.id != peer.id);
+                    list.is_empty()
+                })
+                .is_some();
+            if let Some(cluster) = &self.cluster {
+                cluster.release(cluster.presence_channel(user));
+                if nobody_left {
+                    cluster.forget_watched(user);
+                }
+            }
         }
     }
 
@@ -385,16 +520,36 @@ impl Hub {
         }
     }
 
+    /// Tells the watchers of a presence change, here and on every node.
     fn announce(&self, view: PresenceView) {
-        let Some(watchers) = self.watchers.get(&view.user_id).map(|w| w.clone()) else {
+        let (user, is_online) = (view.user_id, view.status == PresenceStatus::Online);
+        let frame = encode(&ServerEvent::Presence(view));
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_presence(user, is_online, &frame);
+        }
+        self.announce_here(user, is_online, &frame);
+    }
+
+    fn announce_here(&self, user: UserId, is_online: bool, frame: &Utf8Bytes) {
+        let Some(watchers) = self.watchers.get(&user).map(|w| w.clone()) else {
             return;
         };
-        let frame = encode(&ServerEvent::Presence(view));
+        if let Some(cluster) = &self.cluster {
+            cluster.note_presence(user, is_online);
+        }
         watchers.iter().for_each(|p| p.push(frame.clone()));
     }
 
-    /// Closes every connection opened with `session` (logout).
+    /// Closes every connection opened with `session` (logout), here and on
+    /// every node.
     pub fn close_session(&self, user: UserId, session: SessionId) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_revoked(user, session);
+        }
+        self.close_session_here(user, session);
+    }
+
+    fn close_session_here(&self, user: UserId, session: SessionId) {
         if let Some(entry) = self.users.get(&user) {
             entry
                 .peers
@@ -433,5 +588,75 @@ impl Hub {
         {
             tracing::warn!(error = %e, "could not store last_seen");
         }
+    }
+}
+
+impl Hub {
+    /// Hands what another node published to the connections here.
+    pub fn incoming(&self, incoming: Incoming) {
+        match incoming {
+            Incoming::Message(user, message) => self.deliver(user, &message, None),
+            Incoming::Delivered(user, notice) => self.deliver_notice(user, &notice),
+            Incoming::Typing(user, frame) => {
+                self.relay_here(user, &frame);
+            }
+            Incoming::Revoked(user, session) => self.close_session_here(user, session),
+            Incoming::Presence(user, is_online, frame) => self.announce_here(user, is_online, &frame),
+        }
+    }
+
+    /// A cluster node's heartbeat: renews the presence of every user
+    /// connected here (announcing those whose presence had gone, say after a
+    /// Redis restart), and tells watchers here of watched users whose
+    /// presence expired (their node died).
+    pub async fn refresh_cluster_presence(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let connected: Vec<(UserId, Vec<String>)> = self
+            .users
+            .iter()
+            .filter(|e| !e.peers.is_empty())
+            .map(|e| (*e.key(), e.peers.iter().map(|p| cluster.member(p.id)).collect()))
+            .collect();
+        match cluster.refresh(&connected).await {
+            Ok(back) => back.into_iter().for_each(|u| self.announce(online(u))),
+            Err(e) => tracing::warn!(error = %e, "could not renew presence in redis"),
+        }
+        let gone = match cluster.expired_watched().await {
+            Ok(gone) => gone,
+            Err(e) => return tracing::warn!(error = %e, "could not poll presence in redis"),
+        };
+        for user in gone {
+            let last_seen = match self.store.user_by_id(user).await {
+                Ok(record) => record.and_then(|u| u.last_seen),
+                Err(_) => None,
+            };
+            let frame = encode(&ServerEvent::Presence(PresenceView {
+                user_id: user,
+                status: PresenceStatus::Offline,
+                last_seen,
+            }));
+            self.announce_here(user, false, &frame);
+        }
+    }
+}
+
+fn online(user: UserId) -> PresenceView {
+    PresenceView {
+        user_id: user,
+        status: PresenceStatus::Online,
+        last_seen: None,
+    }
+}
+
+/// A message's frame tagged with its place in the conversation with `peer`.
+fn sequenced(message: &StoredMessage, peer: UserId, frame: Utf8Bytes) -> Sequenced {
+    Sequenced {
+        peer,
+        seq: message.seq,
+        id: message.id,
+        ts: message.timestamp,
+        frame,
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod committer;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod flood;
 mod gateway;
 pub mod hub;
 pub mod metrics;
+pub mod outbound;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -76,12 +78,35 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
     let committed = store.last_message_id().await?;
+    let cluster = match &config.cluster {
+        Some(c) => Some(
+            cluster::Cluster::connect(c)
+                .await
+                .map_err(|e| ServeError::Startup(e.to_string()))?,
+        ),
+        None => None,
+    };
     let hub = Arc::new(Hub::new(
         store.clone(),
         metrics.clone(),
         config.presence_grace,
         committed,
+        cluster.as_ref().map(|(c, _)| c.clone()),
     ));
+    let heartbeat = cluster.map(|(cluster, tasks)| {
+        let to_hub = hub.clone();
+        cluster.start(tasks, move |incoming| to_hub.incoming(incoming));
+        // Presence heartbeat: a third of the TTL, so one lost round is harmless.
+        let every = (cluster.presence_ttl() / 3).max(Duration::from_millis(200));
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                hub.refresh_cluster_presence().await;
+            }
+        })
+    });
     let (commits, commit_task) = GroupCommit::start(store.clone(), hub.clone(), metrics.clone(), config.max_batch);
     let accounts = Accounts::new(store.clone(), config.token_ttl).map_err(|e| ServeError::Startup(e.to_string()))?;
     let app = Arc::new(App {
@@ -140,6 +165,9 @@ pub async fn serve(
     }
     app.hub.persist_last_seen().await;
     sweeper.abort();
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.abort();
+    }
     match http.await {
         Ok(result) => result?,
         Err(e) => return Err(ServeError::Startup(e.to_string())),

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Frames refused with an `error` event.
     pub refused_frames: Counter,
+    /// Cluster connections that read missing messages from the store.
+    pub gap_fills: Counter,
 }
 
 impl Default for Metrics {
@@ -45,6 +47,7 @@ impl Default for Metrics {
             connections: Gauge::default(),
             slow_consumers: Counter::default(),
             refused_frames: Counter::default(),
+            gap_fills: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("messages_stored", "Messages newly stored", m.messages_stored.clone());
@@ -84,6 +87,11 @@ impl Default for Metrics {
             "refused_frames",
             "Client frames refused with an error event",
             m.refused_frames.clone(),
+        );
+        registry.register(
+            "gap_fills",
+            "Times a cluster connection read messages missing from pub/sub from the store",
+            m.gap_fills.clone(),
         );
         Metrics { registry, ..m }
     }

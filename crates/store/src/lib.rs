@@ -79,6 +79,10 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<StoredMessage>>;
     /// The user's conversations, most recent first.
     async fn conversations(&self, user: UserId, limit: usize) -> StoreResult<Vec<ConversationSummary>>;
+    /// The `seq` of the newest committed message in each of the user's
+    /// conversations, by the other participant (a cluster node's per-connection
+    /// mark: what it replays versus what arrives live).
+    async fn conversation_marks(&self, user: UserId) -> StoreResult<Vec<(UserId, i64)>>;
 
     /// Answers when the storage is reachable and writable.
     async fn ping(&self) -> StoreResult<()>;

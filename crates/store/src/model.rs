@@ -192,6 +192,8 @@ pub struct DeliveredMessage {
     pub sender_id: UserId,
     /// Who acknowledged it.
     pub recipient_id: UserId,
+    /// Its `seq` in the conversation.
+    pub seq: i64,
     /// When.
     pub delivered_at: i64,
 }

@@ -251,9 +251,9 @@ async fn delivery_is_recorded_once_and_only_by_the_recipient() {
             WriteOutcome::Delivered(ms) => {
                 assert_eq!(
                     ms.iter()
-                        .map(|m| (m.id, m.sender_id, m.recipient_id, m.delivered_at))
+                        .map(|m| (m.id, m.sender_id, m.recipient_id, m.seq, m.delivered_at))
                         .collect::<Vec<_>>(),
-                    vec![(m1, a, b, 50)]
+                    vec![(m1, a, b, 1, 50)]
                 )
             }
             other => panic!("{driver}: {other:?}"),
@@ -374,6 +374,14 @@ async fn history_pages_both_ways_and_lists_conversations() {
             "{driver}: most recent first"
         );
         assert_eq!(s.conversations(a, 1).await.unwrap().len(), 1, "{driver}");
+        let mut marks = s.conversation_marks(a).await.unwrap();
+        marks.sort();
+        assert_eq!(marks, vec![(b, 5), (c, 1)], "{driver}: newest seq per peer");
+        assert_eq!(s.conversation_marks(c).await.unwrap(), vec![(a, 1)], "{driver}");
+        assert!(
+            s.conversation_marks(UserId(999_999)).await.unwrap().is_empty(),
+            "{driver}"
+        );
         s.ping().await.unwrap();
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use dyad_client::protocol::events::{PresenceStatus, PresenceView};
-use dyad_client::protocol::{MessageId, MessageView, UserId};
+use dyad_client::protocol::{MessageId, MessageStatus, MessageView, UserId};
 use dyad_client::{ChatSession, Client, SessionEvent, SessionOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -164,6 +164,10 @@ impl Chat {
         if other == self.peer {
             self.typing_shown = None;
             println!("{}", line(&self.me, &self.peer_name, &message, false));
+            if message.sender_id == self.me.user_id && message.status == MessageStatus::Sent {
+                // Sent from another device of ours: its ✓✓ comes here too.
+                self.undelivered.insert(message.message_id, message.message);
+            }
             return;
         }
         // Another conversation: say who, so it is not lost on screen.

@@ -2,39 +2,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 
 use dyad_client::Client;
 use dyad_client::protocol::{MessageId, ServerEvent, UserId};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
-struct Process {
-    child: Child,
-    base: String,
-}
-
-async fn start(db: &Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dyad"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--log", "warn"])
-        .arg("--database")
-        .arg(format!("sqlite://{}", db.display()))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let base = line.strip_prefix("dyad listening on ").unwrap().to_owned();
-    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
-    Process { child, base }
+async fn start(db: &Path) -> ServerProcess {
+    ServerProcess::start(&["--database", &format!("sqlite://{}", db.display())]).await
 }
 
 async fn all_history(client: &Client, peer: UserId) -> Vec<(MessageId, i64, String)> {
@@ -95,8 +70,7 @@ async fn every_acked_message_survives_kill_9_and_retries_are_not_stored_twice() 
             acked.insert(client_msg_id.unwrap(), (message_id, seq));
         }
     }
-    process.child.start_kill().unwrap();
-    process.child.wait().await.unwrap();
+    process.kill().await;
     // Acks that were already on the wire when it died count too.
     while let Ok(ServerEvent::MessageAck {
         client_msg_id,

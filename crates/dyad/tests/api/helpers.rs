@@ -283,3 +283,40 @@ impl TestConn {
         }
     }
 }
+
+/// `dyad serve` as a real process (for kill -9), listening on a free port.
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+impl ServerProcess {
+    /// Starts `dyad serve` with `args` after the defaults (port 0, no flood
+    /// control, warnings only) and waits until it answers `/healthz`.
+    pub async fn start(args: &[&str]) -> ServerProcess {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dyad"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--log", "warn"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let base = line.strip_prefix("dyad listening on ").unwrap().to_owned();
+        assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
+        ServerProcess { child, base }
+    }
+
+    /// kill -9, and wait until it is gone.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}

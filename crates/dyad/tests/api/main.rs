@@ -6,6 +6,7 @@
 mod accounts;
 mod bench;
 mod browser;
+mod cluster;
 mod crash;
 mod errors;
 mod helpers;

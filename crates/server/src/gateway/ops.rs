@@ -15,19 +15,36 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: storage answers; 503 says what is down.
+/// `GET /readyz`: storage (and Redis, on a cluster node) answer; 503 says
+/// what is down.
 pub(crate) async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
-    match app.store.ping().await {
-        Ok(()) if !app.shutdown.is_cancelled() => (StatusCode::OK, Json(json!({"status": "ready", "storage": "up"}))),
-        Ok(()) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "shutting_down", "storage": "up"})),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "storage": "down", "detail": e.to_string()})),
-        ),
+    let mut body = json!({"status": "ready", "storage": "up"});
+    let mut ready = true;
+    if let Err(e) = app.store.ping().await {
+        body["storage"] = json!("down");
+        body["detail"] = json!(e.to_string());
+        ready = false;
     }
+    if let Some(cluster) = app.hub.cluster() {
+        body["redis"] = json!("up");
+        if let Err(e) = cluster.ping().await {
+            body["redis"] = json!("down");
+            body["redis_detail"] = json!(e.to_string());
+            ready = false;
+        }
+    }
+    if !ready {
+        body["status"] = json!("not_ready");
+    } else if app.shutdown.is_cancelled() {
+        body["status"] = json!("shutting_down");
+        ready = false;
+    }
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
 }
 
 /// `GET /metrics`: Prometheus text format.

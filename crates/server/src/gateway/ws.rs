@@ -19,7 +19,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use dyad_protocol::events::{ErrorEvent, SendMessage};
 use dyad_protocol::{ErrorCode, MessageId, ServerEvent, UserId};
-use dyad_store::{NewMessage, SessionRecord, WriteOp};
+use dyad_store::{NewMessage, PageRequest, SessionRecord, WriteOp};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -35,6 +35,7 @@ use crate::committer::{Submission, error_frame};
 use crate::domain::{ClientMsgId, MessageBody};
 use crate::errors::ApiError;
 use crate::hub::{CloseReason, Peer};
+use crate::outbound::{Cursors, Outbound};
 
 /// Undelivered messages read from the store per replay page.
 const REPLAY_PAGE: usize = 256;
@@ -106,6 +107,16 @@ async fn session_main(socket: WebSocket, app: Arc<App>, session: SessionRecord) 
     if app.shutdown.is_cancelled() {
         peer.stop_reading().cancel();
     }
+    // On a cluster node: the marks, taken before any frame is read, so that
+    // the connection's own sends all land above them.
+    let cursors = match app.hub.attach(&peer).await {
+        Ok(cursors) => cursors,
+        Err(e) => {
+            tracing::warn!(error = %e, user_id = %peer.user_id, "could not read conversation marks");
+            peer.close(CloseReason::INTERNAL);
+            None
+        }
+    };
     tracing::debug!(connection = %peer.id, user_id = %peer.user_id, "connected");
     let heard = LastHeard {
         start: Instant::now(),
@@ -113,7 +124,7 @@ async fn session_main(socket: WebSocket, app: Arc<App>, session: SessionRecord) 
     };
     let (sink, mut stream) = socket.split();
     tokio::select! {
-        () = write_loop(sink, rx, &peer, &app, &heard) => {}
+        () = write_loop(sink, rx, &peer, &app, &heard, cursors) => {}
         () = read_loop(&mut stream, &peer, &app, &heard) => {}
     }
     app.hub.unregister(&peer);
@@ -135,7 +146,14 @@ async fn session_main(socket: WebSocket, app: Arc<App>, session: SessionRecord) 
 
 type Sink = SplitSink<WebSocket, Message>;
 
-async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Utf8Bytes>, peer: &Arc<Peer>, app: &App, heard: &LastHeard) {
+async fn write_loop(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Outbound>,
+    peer: &Arc<Peer>,
+    app: &App,
+    heard: &LastHeard,
+    mut cursors: Option<Cursors>,
+) {
     let connected = ServerEvent::Connected {
         user_id: peer.user_id,
         connection_id: peer.id,
@@ -146,9 +164,10 @@ async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Utf8Bytes>, peer: &Ar
         return;
     }
     // Boxed for the same reason as the frame handler: it runs once.
-    if Box::pin(replay(&mut sink, peer, app)).await.is_err() {
+    if Box::pin(replay(&mut sink, peer, app, cursors.as_ref())).await.is_err() {
         return;
     }
+    let mut ready = Vec::new();
     let beat = app.config.heartbeat_interval.max(Duration::from_millis(10));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     // Made once: a fresh cancellation future per frame costs a lock each time.
@@ -160,8 +179,8 @@ async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Utf8Bytes>, peer: &Ar
             () = &mut closing => {
                 let reason = peer.close_reason().unwrap_or(CloseReason::SHUTDOWN);
                 if reason.drain {
-                    while let Ok(frame) = rx.try_recv() {
-                        if sink.feed(Message::Text(frame)).await.is_err() {
+                    while let Ok(item) = rx.try_recv() {
+                        if sink.feed(Message::Text(item.into_frame())).await.is_err() {
                             return;
                         }
                     }
@@ -170,18 +189,22 @@ async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Utf8Bytes>, peer: &Ar
                 let _ = sink.send(Message::Close(Some(close))).await;
                 return;
             }
-            frame = rx.recv() => {
-                let Some(frame) = frame else { return };
-                if sink.feed(Message::Text(frame)).await.is_err() {
+            item = rx.recv() => {
+                let Some(item) = item else { return };
+                take(&mut cursors, item, peer, &mut ready);
+                for _ in 1..WRITE_BATCH {
+                    let Ok(item) = rx.try_recv() else { break };
+                    take(&mut cursors, item, peer, &mut ready);
+                }
+                if write_all(&mut sink, &mut ready).await.is_err() {
                     return;
                 }
-                for _ in 1..WRITE_BATCH {
-                    let Ok(frame) = rx.try_recv() else { break };
-                    if sink.feed(Message::Text(frame)).await.is_err() {
-                        return;
-                    }
+            }
+            () = gap_timer(cursors.as_ref()) => {
+                if let Some(cursors) = cursors.as_mut() {
+                    fill_gaps(cursors, peer, app, &mut ready).await;
                 }
-                if sink.flush().await.is_err() {
+                if write_all(&mut sink, &mut ready).await.is_err() {
                     return;
                 }
             }
@@ -198,9 +221,76 @@ async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Utf8Bytes>, peer: &Ar
     }
 }
 
-/// Sends every undelivered message up to `replay_upto`, oldest first, then
-/// `pending_complete`.
-async fn replay(sink: &mut Sink, peer: &Peer, app: &App) -> Result<(), ()> {
+/// Passes an item through the conversation order (cluster) or straight on.
+fn take(cursors: &mut Option<Cursors>, item: Outbound, peer: &Peer, ready: &mut Vec<Utf8Bytes>) {
+    match cursors {
+        Some(cursors) => cursors.accept(item, |id| peer.learned(id), ready),
+        None => ready.push(item.into_frame()),
+    }
+}
+
+async fn write_all(sink: &mut Sink, ready: &mut Vec<Utf8Bytes>) -> Result<(), ()> {
+    if ready.is_empty() {
+        return Ok(());
+    }
+    for frame in ready.drain(..) {
+        sink.feed(Message::Text(frame)).await.map_err(|_| ())?;
+    }
+    sink.flush().await.map_err(|_| ())
+}
+
+/// Resolves when a held message has waited long enough; never without one.
+async fn gap_timer(cursors: Option<&Cursors>) {
+    match cursors.and_then(Cursors::deadline) {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the messages missing before each held one from the store. While
+/// the connection's own sends await their acks, one of them may be what is
+/// missing (its ack, not a `receive_message`, fills the place): wait more.
+async fn fill_gaps(cursors: &mut Cursors, peer: &Peer, app: &App, ready: &mut Vec<Utf8Bytes>) {
+    let now = Instant::now();
+    if peer.sending() {
+        cursors.postpone(now);
+        return;
+    }
+    for gap in cursors.due(now) {
+        let missing = usize::try_from(gap.upto_seq - gap.after_seq - 1).unwrap_or(0);
+        let mut found = Vec::new();
+        let mut before = gap.before_ts;
+        // Pages newest first, down to the last message passed on.
+        while found.len() < missing {
+            let page = PageRequest::Before {
+                before: Some(before),
+                limit: (missing - found.len()).min(100),
+            };
+            match app.store.history(peer.user_id, gap.peer, page).await {
+                Ok(page) => {
+                    let Some(oldest) = page.messages.last() else { break };
+                    before = oldest.timestamp;
+                    let done = !page.has_more || oldest.seq <= gap.after_seq + 1;
+                    found.extend(page.messages);
+                    if done {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, user_id = %peer.user_id, "gap fill failed; trying again");
+                    cursors.postpone(now);
+                    return;
+                }
+            }
+        }
+        app.metrics.gap_fills.inc();
+        cursors.fill(&gap, found, ready, |m| encode(&ServerEvent::ReceiveMessage(m.view())));
+    }
+}
+
+/// Sends every undelivered message up to `replay_upto` (on a cluster node:
+/// up to each conversation's mark), oldest first, then `pending_complete`.
+async fn replay(sink: &mut Sink, peer: &Peer, app: &App, cursors: Option<&Cursors>) -> Result<(), ()> {
     let mut after = MessageId(0);
     let mut count = 0u64;
     loop {
@@ -222,6 +312,9 @@ async fn replay(sink: &mut Sink, peer: &Peer, app: &App) -> Result<(), ()> {
         let full = page.len() == REPLAY_PAGE;
         for message in page {
             after = message.id;
+            if cursors.is_some_and(|c| message.seq > c.mark(message.sender_id)) {
+                continue; // committed after the mark: it arrives live
+            }
             count += 1;
             sink.feed(Message::Text(encode(&ServerEvent::ReceiveMessage(message.view()))))
                 .await
@@ -447,7 +540,7 @@ async fn subscribe(app: &App, peer: &Arc<Peer>, users: Vec<UserId>) {
         return refuse(app, peer, ErrorCode::InvalidPayload, why, None);
     }
     for user in users {
-        app.hub.watch(peer, user);
+        app.hub.watch(peer, user).await;
         match app.hub.presence(user).await {
             Ok(Some(view)) => peer.push(encode(&ServerEvent::Presence(view))),
             // Unknown users are not watched and get no event.

@@ -412,6 +412,22 @@ impl MessageStore for PostgresStore {
             .map_err(backend)
     }
 
+    async fn conversation_marks(&self, user: UserId) -> StoreResult<Vec<(UserId, i64)>> {
+        let rows = sqlx::query(
+            "SELECT user_hi, last_seq FROM conversations WHERE user_lo = $1 AND last_seq > 0
+             UNION ALL
+             SELECT user_lo, last_seq FROM conversations WHERE user_hi = $1 AND last_seq > 0",
+        )
+        .bind(user.get())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((UserId(r.try_get(0)?), r.try_get(1)?)))
+            .collect::<sqlx::Result<_>>()
+            .map_err(backend)
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         let mut conn = self.pool.acquire().await.map_err(backend)?;
         conn.ping().await.map_err(backend)

@@ -309,7 +309,7 @@ async fn deliver(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Re
             }
         }
     }
-    let mut newly: HashMap<(i64, i64), i64> = HashMap::new(); // (id, recipient) -> sender
+    let mut newly: HashMap<(i64, i64), (i64, i64)> = HashMap::new(); // (id, recipient) -> (sender, seq)
     if !ids.is_empty() {
         // The first ack of a message deletes its pending row (the recipient
         // is part of the key: acks for others' messages match nothing), and
@@ -323,7 +323,7 @@ async fn deliver(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Re
              marked AS (
                  INSERT INTO deliveries (message_id, delivered_at) SELECT message_id, $3 FROM acked
                  RETURNING message_id)
-             SELECT m.id, m.recipient_id, m.sender_id FROM marked JOIN messages m ON m.id = marked.message_id",
+             SELECT m.id, m.recipient_id, m.sender_id, m.seq FROM marked JOIN messages m ON m.id = marked.message_id",
         )
         .bind(&ids)
         .bind(&recipients)
@@ -331,7 +331,7 @@ async fn deliver(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Re
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {
-            newly.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+            newly.insert((row.try_get(0)?, row.try_get(1)?), (row.try_get(2)?, row.try_get(3)?));
         }
     }
     // Each message is reported once, to the first op that acknowledged it.
@@ -344,11 +344,12 @@ async fn deliver(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Re
         {
             let mut list = Vec::new();
             for id in message_ids {
-                if let Some(sender) = newly.remove(&(id.get(), recipient_id.get())) {
+                if let Some((sender, seq)) = newly.remove(&(id.get(), recipient_id.get())) {
                     list.push(DeliveredMessage {
                         id: *id,
                         sender_id: UserId(sender),
                         recipient_id: *recipient_id,
+                        seq,
                         delivered_at: now,
                     });
                 }

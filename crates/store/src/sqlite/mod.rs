@@ -334,6 +334,10 @@ impl MessageStore for SqliteStore {
         self.read(move |c| reads::conversations(c, user, limit)).await
     }
 
+    async fn conversation_marks(&self, user: UserId) -> StoreResult<Vec<(UserId, i64)>> {
+        self.read(move |c| reads::conversation_marks(c, user)).await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.write(|w| w.conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
             .await

@@ -91,3 +91,13 @@ pub(super) fn conversations(c: &Connection, user: UserId, limit: usize) -> rusql
     })?
     .collect()
 }
+
+pub(super) fn conversation_marks(c: &Connection, user: UserId) -> rusqlite::Result<Vec<(UserId, i64)>> {
+    c.prepare_cached(
+        "SELECT user_hi, last_seq FROM conversations WHERE user_lo = ?1 AND last_seq > 0
+         UNION ALL
+         SELECT user_lo, last_seq FROM conversations WHERE user_hi = ?1 AND last_seq > 0",
+    )?
+    .query_map(params![user.get()], |r| Ok((UserId(r.get(0)?), r.get(1)?)))?
+    .collect()
+}

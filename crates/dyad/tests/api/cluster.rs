@@ -1,0 +1,463 @@
+//! Several nodes on one PostgreSQL and one Redis: users on different nodes
+//! see everything as if there were one node; a node killed with kill -9 and a
+//! Redis restart lose nothing that was acked.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use dyad_client::Client;
+use dyad_client::protocol::events::PresenceStatus;
+use dyad_client::protocol::{ClientEvent, MessageId, ServerEvent};
+use dyad_server::Config;
+use dyad_server::config::ClusterConfig;
+
+use crate::helpers::*;
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn redis_url() -> String {
+    std::env::var("DYAD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// Keys and channels of their own for each test: Redis channels are shared
+/// by every database of a server.
+fn prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!(
+        "dyadtest:{now}:{}:{}:",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn scratch_postgres() -> String {
+    dyad_store::testing::scratch_postgres_url()
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {e}", dyad_store::testing::postgres_url()))
+}
+
+fn node_config(redis: &str, prefix: &str, node: &str) -> Config {
+    Config {
+        cluster: Some(ClusterConfig {
+            redis_url: redis.to_owned(),
+            node_id: node.to_owned(),
+            prefix: prefix.to_owned(),
+            presence_ttl: TTL,
+        }),
+        rate_limit: 0,
+        ..test_config()
+    }
+}
+
+/// `n` nodes (in this process) on a fresh schema and their own Redis prefix.
+async fn nodes(n: usize, redis: &str) -> Vec<TestServer> {
+    nodes_via(&vec![redis.to_owned(); n]).await
+}
+
+/// One node per Redis URL given (the same Redis, perhaps by different paths).
+async fn nodes_via(redis: &[String]) -> Vec<TestServer> {
+    let url = scratch_postgres().await;
+    let prefix = prefix();
+    let mut nodes = Vec::new();
+    for (i, redis) in redis.iter().enumerate() {
+        let config = node_config(redis, &prefix, &format!("n{i}"));
+        nodes.push(TestServer::spawn_url("127.0.0.1:0", &url, config).await);
+    }
+    nodes
+}
+
+/// A TCP path to `target` that delays every byte by `delay`, both ways, in
+/// order: one node's Redis traffic arrives late, so its publications reach
+/// the other nodes after later ones from elsewhere.
+async fn slow_path(target: &str, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, delay: Duration) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        tokio::spawn(async move {
+            while let Some((due, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(due).await;
+                if to.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0
+                || tx
+                    .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+            {
+                return;
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target = target.to_owned();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            tokio::spawn(pump(in_read, out_write, delay));
+            tokio::spawn(pump(out_read, in_write, delay));
+        }
+    });
+    format!("redis://{addr}/")
+}
+
+/// The same session, talking to another node.
+async fn on(user: &TestUser, node: &TestServer) -> TestConn {
+    let token = user.client.token().unwrap().to_owned();
+    let client = Client::new(&node.base).with_token(token, user.id);
+    TestUser { client, id: user.id }.connect().await
+}
+
+/// Reads events until one that `pick` accepts; others are skipped.
+async fn until<T>(conn: &mut TestConn, mut pick: impl FnMut(&ServerEvent) -> Option<T>) -> T {
+    loop {
+        let event = conn.next().await;
+        if let Some(t) = pick(&event) {
+            return t;
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_serve_two_users_as_if_they_were_one() {
+    let nodes = nodes(3, &redis_url()).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let mut bob_b = bob.connect().await;
+    bob_b
+        .0
+        .send(&ClientEvent::SubscribePresence {
+            user_ids: vec![alice.id],
+        })
+        .await
+        .unwrap();
+    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Offline);
+
+    let mut alice_a = alice.connect().await;
+    let online = bob_b.expect_presence().await;
+    assert_eq!((online.user_id, online.status), (alice.id, PresenceStatus::Online));
+    let mut alice_c = on(&alice, c).await;
+
+    // A message from node A reaches Bob on B and Alice's other device on C.
+    let ack = alice_a.send_and_ack(bob.id, "hello from A", "k1").await;
+    assert_eq!(ack.seq, 1);
+    let got = bob_b.expect_message().await;
+    assert_eq!((got.message_id, got.message.as_str()), (ack.message_id, "hello from A"));
+    assert_eq!(alice_c.expect_message().await.message_id, ack.message_id, "carbon on C");
+
+    // Bob's ack on B tells both of Alice's devices.
+    bob_b.ack(vec![ack.message_id]).await;
+    assert_eq!(alice_a.expect_delivered().await, ack.message_id);
+    assert_eq!(alice_c.expect_delivered().await, ack.message_id);
+
+    // Typing and the answer cross nodes too.
+    bob_b
+        .0
+        .send(&ClientEvent::Typing { recipient_id: alice.id })
+        .await
+        .unwrap();
+    for conn in [&mut alice_a, &mut alice_c] {
+        assert!(matches!(conn.next().await, ServerEvent::Typing { sender_id } if sender_id == bob.id));
+    }
+    let answer = bob_b.send_and_ack(alice.id, "hi from B", "k2").await;
+    assert_eq!(answer.seq, 2);
+    for conn in [&mut alice_a, &mut alice_c] {
+        let m = conn.expect_message().await;
+        assert_eq!((m.seq, m.message.as_str()), (2, "hi from B"));
+    }
+    alice_c.ack(vec![answer.message_id]).await;
+    assert_eq!(bob_b.expect_delivered().await, answer.message_id);
+
+    // Presence with grace across nodes: Alice still has C after A closes.
+    alice_a.0.close().await.unwrap();
+    bob_b.expect_silence(Duration::from_millis(1200)).await;
+    let status = Client::new(&a.base).with_token(bob.client.token().unwrap(), bob.id);
+    assert_eq!(status.status(alice.id).await.unwrap().status, PresenceStatus::Online);
+    let closed_at = dyad_server::clock::now_ms();
+    alice_c.0.close().await.unwrap();
+    let offline = bob_b.expect_presence().await;
+    assert_eq!(offline.status, PresenceStatus::Offline);
+    let last_seen = offline.last_seen.unwrap();
+    assert!(
+        (last_seen - closed_at).abs() < 1000,
+        "last_seen is when the last connection closed"
+    );
+    assert_eq!(status.status(alice.id).await.unwrap().status, PresenceStatus::Offline);
+
+    // Logging out on B closes the session's sockets on A and C.
+    let mut alice_a = on(&alice, a).await;
+    let mut alice_c = on(&alice, c).await;
+    let on_b = Client::new(&b.base).with_token(alice.client.token().unwrap(), alice.id);
+    on_b.logout().await.unwrap();
+    assert_eq!(alice_a.expect_close().await, 1008);
+    assert_eq!(alice_c.expect_close().await, 1008);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// What one connection saw of the conversation: each `seq` in order, and
+/// which of them were its own sends (acks).
+#[derive(Default)]
+struct Seen {
+    received: Vec<i64>,
+    acked: Vec<i64>,
+    ids: HashSet<MessageId>,
+}
+
+async fn watch_until(conn: &mut TestConn, total: i64, seen: &mut Seen) {
+    while (seen.received.len() + seen.acked.len()) < total as usize {
+        match conn.next().await {
+            ServerEvent::ReceiveMessage(m) => {
+                assert!(seen.ids.insert(m.message_id), "duplicate {}", m.message_id);
+                seen.received.push(m.seq);
+            }
+            ServerEvent::MessageAck { seq, .. } => seen.acked.push(seq),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn both_sending_at_once_through_different_nodes_keep_seq_gap_free_and_in_order() {
+    // Node A reaches Redis 20 ms late: its messages reach C behind B's later ones.
+    let redis = redis_url();
+    let target = redis.trim_start_matches("redis://").trim_end_matches('/');
+    let slow = slow_path(target, Duration::from_millis(20)).await;
+    let nodes = nodes_via(&[slow, redis.clone(), redis]).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let mut alice_a = alice.connect().await;
+    let mut bob_b = bob.connect().await;
+    let mut alice_c = on(&alice, c).await;
+    const EACH: i64 = 300;
+    for i in 0..EACH {
+        alice_a.send(bob.id, &format!("a{i}"), Some(&format!("a{i}"))).await;
+        bob_b.send(alice.id, &format!("b{i}"), Some(&format!("b{i}"))).await;
+    }
+    let (mut on_a, mut on_b, mut on_c) = (Seen::default(), Seen::default(), Seen::default());
+    tokio::join!(
+        watch_until(&mut alice_a, 2 * EACH, &mut on_a),
+        watch_until(&mut bob_b, 2 * EACH, &mut on_b),
+        watch_until(&mut alice_c, 2 * EACH, &mut on_c),
+    );
+    for (who, seen) in [("alice on A", &on_a), ("bob on B", &on_b), ("alice on C", &on_c)] {
+        assert!(
+            seen.received.windows(2).all(|w| w[0] < w[1]),
+            "{who}: receive_message out of order"
+        );
+        let mut all: Vec<i64> = seen.received.iter().chain(&seen.acked).copied().collect();
+        all.sort();
+        assert_eq!(all, (1..=2 * EACH).collect::<Vec<_>>(), "{who}: every seq once");
+    }
+    assert_eq!(on_c.received.len() as i64, 2 * EACH, "the other device gets both sides");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// `dyad serve` processes of one cluster.
+async fn node_process(url: &str, redis: &str, prefix: &str, node: &str) -> ServerProcess {
+    ServerProcess::start(&[
+        "--database",
+        url,
+        "--redis",
+        redis,
+        "--redis-prefix",
+        prefix,
+        "--node-id",
+        node,
+        "--presence-ttl",
+        "2s",
+        "--presence-grace",
+        "300ms",
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn a_node_killed_with_kill_9_loses_nothing_and_its_users_expire() {
+    let (url, redis, prefix) = (scratch_postgres().await, redis_url(), prefix());
+    let mut a = node_process(&url, &redis, &prefix, "a").await;
+    let b = node_process(&url, &redis, &prefix, "b").await;
+    let mut alice = Client::new(&b.base);
+    alice.register("alice", PASSWORD).await.unwrap();
+    alice.login("alice", PASSWORD).await.unwrap();
+    let mut bob = Client::new(&a.base);
+    let bob_id = bob.register("bob", PASSWORD).await.unwrap().user_id;
+    bob.login("bob", PASSWORD).await.unwrap();
+    let alice = TestUser {
+        id: alice.user_id().unwrap(),
+        client: alice,
+    };
+    let bob = TestUser {
+        client: bob,
+        id: bob_id,
+    };
+
+    let mut alice_b = alice.connect().await;
+    alice_b
+        .0
+        .send(&ClientEvent::SubscribePresence { user_ids: vec![bob.id] })
+        .await
+        .unwrap();
+    assert_eq!(alice_b.expect_presence().await.status, PresenceStatus::Offline);
+    let mut bob_a = bob.connect().await;
+    assert_eq!(alice_b.expect_presence().await.status, PresenceStatus::Online);
+    let first = alice_b.send_and_ack(bob.id, "before the crash", "k1").await;
+    assert_eq!(bob_a.expect_message().await.message_id, first.message_id);
+
+    // Node A dies with Bob on it (no close, no goodbye).
+    a.kill().await;
+    let killed_at = Instant::now();
+    let second = alice_b.send_and_ack(bob.id, "while bob's node is dead", "k2").await;
+    // Bob's presence expires with the TTL (2 s) and Alice is told.
+    let offline = until(&mut alice_b, |e| match e {
+        ServerEvent::Presence(p) if p.user_id == bob.id => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(offline.status, PresenceStatus::Offline);
+    assert!(killed_at.elapsed() < TTL * 4, "offline within about the TTL");
+
+    // Bob reconnects to B: both messages are pending (neither was acked).
+    let on_b = Client::new(&b.base).with_token(bob.client.token().unwrap(), bob.id);
+    let mut bob_b = TestUser {
+        client: on_b,
+        id: bob.id,
+    }
+    .connect_raw()
+    .await;
+    let replayed: Vec<MessageId> = bob_b.replay().await.iter().map(|m| m.message_id).collect();
+    assert_eq!(replayed, vec![first.message_id, second.message_id]);
+    drop(b);
+}
+
+/// A Redis of the test's own, which it can kill and start again.
+struct OwnRedis {
+    port: u16,
+    child: Option<tokio::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = OwnRedis {
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is needed");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+        }
+    }
+}
+
+async fn ready(node: &TestServer) -> bool {
+    reqwest::get(format!("{}/readyz", node.base))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+#[tokio::test]
+async fn a_redis_restart_loses_no_acked_message_and_nodes_reconnect_by_themselves() {
+    let mut redis = OwnRedis::start().await;
+    let nodes = nodes(2, &redis.url()).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let mut alice_a = alice.connect().await;
+    let mut bob_b = bob.connect().await;
+    let first = alice_a.send_and_ack(bob.id, "one", "k1").await;
+    assert_eq!(bob_b.expect_message().await.message_id, first.message_id);
+
+    redis.kill().await;
+    // Stored and acked (PostgreSQL is up), though Bob cannot hear of it now.
+    let second = alice_a.send_and_ack(bob.id, "two, while redis is down", "k2").await;
+    let down = reqwest::get(format!("{}/readyz", a.base)).await.unwrap();
+    assert_eq!(down.status(), 503);
+    let body: serde_json::Value = down.json().await.unwrap();
+    assert_eq!(body["redis"], "down");
+
+    redis.restart().await;
+    let deadline = Instant::now() + WAIT;
+    while !(ready(a).await && ready(b).await) {
+        assert!(Instant::now() < deadline, "nodes did not reconnect to redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The next message makes Bob's connection fetch the one it missed, in order.
+    let third = alice_a.send_and_ack(bob.id, "three", "k3").await;
+    let got: Vec<(MessageId, i64)> = vec![bob_b.expect_message().await, bob_b.expect_message().await]
+        .into_iter()
+        .map(|m| (m.message_id, m.seq))
+        .collect();
+    assert_eq!(got, vec![(second.message_id, 2), (third.message_id, 3)]);
+
+    // Presence was lost with Redis's memory; the nodes' heartbeats put it back.
+    let status = Client::new(&a.base).with_token(alice.client.token().unwrap(), alice.id);
+    let deadline = Instant::now() + WAIT;
+    while status.status(bob.id).await.unwrap().status != PresenceStatus::Online {
+        assert!(Instant::now() < deadline, "bob's presence did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}

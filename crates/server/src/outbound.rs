@@ -1,0 +1,398 @@
+//! What a connection's writer is handed, and, on a cluster node, how it keeps
+//! each conversation in `seq` order.
+//!
+//! On one node a single task dispatches in commit order, so frames can go out
+//! as they come. On a cluster they do not: two nodes commit into one
+//! conversation, and their pub/sub messages may cross. So each connection
+//! keeps, per conversation, the highest `seq` it has passed on (`last`);
+//! messages arrive tagged with their `seq`, and one that would skip a number
+//! is held until the missing ones arrive, or, after [`GAP_WAIT`], are read
+//! from the store. That read is always complete: PostgreSQL assigns a
+//! conversation's `seq` under a row lock, so once `seq` n is committed every
+//! lower one is too.
+//!
+//! Where a connection starts is its *mark*: the conversation's `last_seq`
+//! read after the node subscribed to the user's channel. Messages at or
+//! below it are replayed (if undelivered) or are history; those above it were
+//! committed later and therefore published later, so they arrive live.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use dyad_protocol::{MessageId, UserId};
+use dyad_store::StoredMessage;
+
+/// How long a message that skips a `seq` waits for the missing ones to
+/// arrive before they are read from the store.
+pub const GAP_WAIT: Duration = Duration::from_millis(50);
+
+/// One item in a connection's outbound queue: no bigger than a bare frame
+/// (every connection's queue holds them), so the rest is boxed.
+pub enum Outbound {
+    /// A frame with no place in a conversation's order.
+    Frame(Utf8Bytes),
+    /// A frame about a message.
+    Ordered(Box<(Kind, Sequenced)>),
+}
+
+/// What a [`Sequenced`] frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `receive_message`.
+    Message,
+    /// `message_ack` for this connection's own send.
+    Ack,
+    /// `message_delivered`.
+    Delivered,
+}
+
+/// A frame about one message, with where the message stands in its conversation.
+#[derive(Clone)]
+pub struct Sequenced {
+    /// The other participant, from the connection's side.
+    pub peer: UserId,
+    /// The message's `seq`.
+    pub seq: i64,
+    /// The message's id.
+    pub id: MessageId,
+    /// The message's timestamp.
+    pub ts: i64,
+    /// The encoded frame.
+    pub frame: Utf8Bytes,
+}
+
+impl Outbound {
+    /// A frame about a message.
+    pub fn ordered(kind: Kind, frame: Sequenced) -> Self {
+        Outbound::Ordered(Box::new((kind, frame)))
+    }
+
+    /// The frame, whatever its kind.
+    pub fn into_frame(self) -> Utf8Bytes {
+        match self {
+            Outbound::Frame(frame) => frame,
+            Outbound::Ordered(o) => o.1.frame,
+        }
+    }
+}
+
+/// A conversation's place on one connection.
+struct Cursor {
+    /// `last_seq` when the connection started.
+    mark: i64,
+    /// Highest `seq` passed on with every lower one.
+    last: i64,
+    /// Own sends acked above `last` (their `receive_message` is not for us).
+    ahead: Vec<i64>,
+    /// Messages above `last + 1`, with the notices that must follow each.
+    held: BTreeMap<i64, Held>,
+    /// When the oldest held message must stop waiting.
+    deadline: Option<Instant>,
+}
+
+struct Held {
+    ts: i64,
+    frame: Utf8Bytes,
+    notices: Vec<Utf8Bytes>,
+}
+
+/// A gap that waited long enough: read `peer`'s conversation from the store
+/// below `before_ts` down to `after_seq`.
+pub struct Gap {
+    /// The other participant.
+    pub peer: UserId,
+    /// Highest `seq` already passed on.
+    pub after_seq: i64,
+    /// `seq` of the oldest held message.
+    pub upto_seq: i64,
+    /// Its timestamp: the missing messages are the ones just before it.
+    pub before_ts: i64,
+}
+
+/// Every conversation's place on one cluster connection.
+pub struct Cursors {
+    convs: HashMap<UserId, Cursor>,
+}
+
+impl Cursors {
+    /// Starts from the marks (`last_seq` per peer) read at connect.
+    pub fn new(marks: Vec<(UserId, i64)>) -> Self {
+        let convs = marks.into_iter().map(|(peer, seq)| (peer, Cursor::at(seq))).collect();
+        Cursors { convs }
+    }
+
+    /// The connection's mark in the conversation with `peer` (0: none).
+    pub fn mark(&self, peer: UserId) -> i64 {
+        self.convs.get(&peer).map_or(0, |c| c.mark)
+    }
+
+    /// Takes one item; pushes what may be written now onto `out`. `known`
+    /// says whether the connection has seen a message at or below its mark
+    /// (through a retried send), for `message_delivered`.
+    pub fn accept(&mut self, item: Outbound, known: impl Fn(MessageId) -> bool, out: &mut Vec<Utf8Bytes>) {
+        let (kind, m) = match item {
+            Outbound::Frame(frame) => return out.push(frame),
+            Outbound::Ordered(o) => *o,
+        };
+        match kind {
+            Kind::Message => {
+                let cursor = self.convs.entry(m.peer).or_insert_with(|| Cursor::at(0));
+                if m.seq <= cursor.last || cursor.ahead.contains(&m.seq) || cursor.held.contains_key(&m.seq) {
+                    return;
+                }
+                if m.seq == cursor.last + 1 {
+                    out.push(m.frame);
+                    cursor.last = m.seq;
+                    cursor.advance(out);
+                } else {
+                    let held = Held {
+                        ts: m.ts,
+                        frame: m.frame,
+                        notices: Vec::new(),
+                    };
+                    cursor.held.insert(m.seq, held);
+                    cursor.deadline.get_or_insert_with(|| Instant::now() + GAP_WAIT);
+                }
+            }
+            Kind::Ack => {
+                let a = m;
+                out.push(a.frame);
+                let cursor = self.convs.entry(a.peer).or_insert_with(|| Cursor::at(0));
+                if a.seq == cursor.last + 1 {
+                    cursor.last = a.seq;
+                    cursor.advance(out);
+                } else if a.seq > cursor.last && !cursor.ahead.contains(&a.seq) {
+                    cursor.ahead.push(a.seq);
+                }
+            }
+            Kind::Delivered => {
+                let d = m;
+                let cursor = self.convs.get_mut(&d.peer);
+                let mark = cursor.as_ref().map_or(0, |c| c.mark);
+                if d.seq <= mark && !known(d.id) {
+                    return;
+                }
+                match cursor.and_then(|c| c.held.get_mut(&d.seq)) {
+                    Some(held) => held.notices.push(d.frame),
+                    None => out.push(d.frame),
+                }
+            }
+        }
+    }
+
+    /// The earliest moment a held message stops waiting.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.convs.values().filter_map(|c| c.deadline).min()
+    }
+
+    /// Gaps whose wait is over.
+    pub fn due(&self, now: Instant) -> Vec<Gap> {
+        self.convs
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .filter_map(|(peer, c)| {
+                let (&upto_seq, held) = c.held.first_key_value()?;
+                Some(Gap {
+                    peer: *peer,
+                    after_seq: c.last,
+                    upto_seq,
+                    before_ts: held.ts,
+                })
+            })
+            .collect()
+    }
+
+    /// Waits another [`GAP_WAIT`] on the gaps that are due (own sends still
+    /// in flight may be what is missing).
+    pub fn postpone(&mut self, now: Instant) {
+        for cursor in self.convs.values_mut() {
+            if cursor.deadline.is_some_and(|d| d <= now) {
+                cursor.deadline = Some(now + GAP_WAIT);
+            }
+        }
+    }
+
+    /// Closes `gap` with the messages read from the store (any order), then
+    /// passes on what was held behind it.
+    pub fn fill(
+        &mut self,
+        gap: &Gap,
+        found: Vec<StoredMessage>,
+        out: &mut Vec<Utf8Bytes>,
+        encode: impl Fn(&StoredMessage) -> Utf8Bytes,
+    ) {
+        let Some(cursor) = self.convs.get_mut(&gap.peer) else {
+            return;
+        };
+        let mut found: Vec<_> = found
+            .into_iter()
+            .filter(|m| m.seq > cursor.last && m.seq < gap.upto_seq && !cursor.ahead.contains(&m.seq))
+            .collect();
+        found.sort_by_key(|m| m.seq);
+        found.dedup_by_key(|m| m.seq);
+        out.extend(found.iter().map(encode));
+        // Whatever the store did not have can never come: move past it.
+        cursor.last = cursor.last.max(gap.upto_seq - 1);
+        cursor.advance(out);
+    }
+}
+
+impl Cursor {
+    fn at(seq: i64) -> Self {
+        Cursor {
+            mark: seq,
+            last: seq,
+            ahead: Vec::new(),
+            held: BTreeMap::new(),
+            deadline: None,
+        }
+    }
+
+    /// Passes on everything that now follows `last` without a gap.
+    fn advance(&mut self, out: &mut Vec<Utf8Bytes>) {
+        loop {
+            let next = self.last + 1;
+            if let Some(i) = self.ahead.iter().position(|&s| s == next) {
+                self.ahead.swap_remove(i);
+            } else if let Some(held) = self.held.remove(&next) {
+                out.push(held.frame);
+                out.extend(held.notices);
+            } else {
+                break;
+            }
+            self.last = next;
+        }
+        self.ahead.retain(|&s| s > self.last);
+        self.deadline = if self.held.is_empty() {
+            None
+        } else {
+            self.deadline.or_else(|| Some(Instant::now() + GAP_WAIT))
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(kind: Kind, peer: i64, seq: i64) -> Outbound {
+        let frame = Sequenced {
+            peer: UserId(peer),
+            seq,
+            id: MessageId(seq),
+            ts: seq * 10,
+            frame: format!("{seq}").into(),
+        };
+        Outbound::ordered(kind, frame)
+    }
+
+    fn run(cursors: &mut Cursors, items: Vec<Outbound>) -> Vec<String> {
+        let mut out = Vec::new();
+        for i in items {
+            cursors.accept(i, |_| false, &mut out);
+        }
+        out.iter().map(|f| f.as_str().to_owned()).collect()
+    }
+
+    #[test]
+    fn in_order_messages_pass_and_repeats_and_old_ones_do_not() {
+        let mut c = Cursors::new(vec![(UserId(2), 3)]);
+        let out = run(
+            &mut c,
+            vec![
+                item(Kind::Message, 2, 3),
+                item(Kind::Message, 2, 4),
+                item(Kind::Message, 2, 4),
+                item(Kind::Message, 2, 5),
+                item(Kind::Message, 7, 1),
+            ],
+        );
+        assert_eq!(out, ["4", "5", "1"]);
+        assert!(c.deadline().is_none());
+    }
+
+    #[test]
+    fn a_skipped_seq_holds_later_ones_and_their_notices_until_it_arrives() {
+        let mut c = Cursors::new(vec![]);
+        let out = run(
+            &mut c,
+            vec![
+                item(Kind::Message, 2, 2),
+                item(Kind::Delivered, 2, 2),
+                item(Kind::Message, 2, 3),
+            ],
+        );
+        assert!(out.is_empty());
+        assert!(c.deadline().is_some());
+        let out = run(&mut c, vec![item(Kind::Message, 2, 1)]);
+        assert_eq!(out, ["1", "2", "2", "3"]);
+        assert!(c.deadline().is_none());
+    }
+
+    #[test]
+    fn own_acks_fill_their_place_without_a_receive() {
+        let mut c = Cursors::new(vec![(UserId(2), 1)]);
+        let out = run(
+            &mut c,
+            vec![
+                item(Kind::Ack, 2, 3),
+                item(Kind::Message, 2, 4),
+                item(Kind::Message, 2, 2),
+            ],
+        );
+        assert_eq!(out, ["3", "2", "4"], "ack at once; 4 waits for 2; 3 is not received");
+    }
+
+    #[test]
+    fn a_gap_that_waited_is_filled_from_the_store() {
+        let mut c = Cursors::new(vec![(UserId(2), 1)]);
+        let out = run(&mut c, vec![item(Kind::Message, 2, 4)]);
+        assert!(out.is_empty());
+        let due = c.due(Instant::now() + GAP_WAIT);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].after_seq, due[0].upto_seq, due[0].before_ts), (1, 4, 40));
+        let stored = |seq: i64| StoredMessage {
+            id: MessageId(seq),
+            sender_id: UserId(2),
+            recipient_id: UserId(1),
+            body: String::new(),
+            timestamp: seq * 10,
+            seq,
+            delivered_at: None,
+        };
+        let mut out = Vec::new();
+        c.fill(&due[0], vec![stored(3), stored(1), stored(2)], &mut out, |m| {
+            m.seq.to_string().into()
+        });
+        assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["2", "3", "4"]);
+        assert!(c.deadline().is_none());
+        assert!(
+            run(&mut c, vec![item(Kind::Message, 2, 3)]).is_empty(),
+            "a late copy is dropped"
+        );
+    }
+
+    #[test]
+    fn notices_at_or_below_the_mark_need_the_message_to_be_known() {
+        let mut c = Cursors::new(vec![(UserId(2), 5)]);
+        let mut out = Vec::new();
+        c.accept(item(Kind::Delivered, 2, 4), |_| false, &mut out);
+        c.accept(item(Kind::Delivered, 2, 5), |id| id == MessageId(5), &mut out);
+        c.accept(item(Kind::Delivered, 2, 6), |_| false, &mut out);
+        assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["5", "6"]);
+    }
+}
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn an_item_is_no_bigger_than_a_frame() {
+        // Every connection's queue holds these; a tag beside the frame
+        // would cost each idle connection a little more.
+        assert_eq!(
+            std::mem::size_of::<super::Outbound>(),
+            std::mem::size_of::<axum::extract::ws::Utf8Bytes>()
+        );
+    }
+}
