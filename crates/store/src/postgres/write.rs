@@ -1,4 +1,6 @@
-//! One batch of writes as one transaction, in a fixed number of round trips.
+//! One batch of writes as one transaction, in a fixed number of round trips:
+//! four before the conversations are locked and three (with the commit)
+//! while they are, since the locks are what two nodes wait on.
 //!
 //! Several nodes write at once, so each conversation's counter row is locked
 //! (`FOR UPDATE`, in id order, so two batches never wait on each other in a
@@ -14,7 +16,7 @@ use dyad_protocol::{MessageId, UserId};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
 
-use super::{backend, message, message_columns, messages};
+use super::{backend, message_at, message_columns, messages};
 use crate::{DeliveredMessage, NewMessage, StoreResult, StoredMessage, WriteOp, WriteOutcome, client_key};
 
 /// How often a batch is rerun after a deadlock before the error stands.
@@ -62,13 +64,15 @@ async fn run(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Result
             WriteOp::Deliver { .. } => None,
         })
         .collect();
+    // Deliveries first: they lock no conversation, so the locks the sends
+    // take below are held for as short a time as possible.
+    let mut delivered = deliver(conn, ops, now).await?.into_iter();
     let mut stored = if sends.is_empty() {
         Vec::new()
     } else {
         store_sends(conn, &sends, now).await?
     }
     .into_iter();
-    let mut delivered = deliver(conn, ops, now).await?.into_iter();
     // Outcomes in the order of the operations.
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
@@ -133,40 +137,42 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
         }
     }
 
-    // Messages already stored under the keys this batch carries.
-    let keyed: Vec<(i64, i64)> = sends
+    // In one round trip: the messages already stored under the keys this
+    // batch carries, and fresh ids, one per valid send (a retry leaves its
+    // id unused; ids need only grow, and they do, since they are taken under
+    // the locks).
+    let valid_sends: Vec<&&NewMessage> = sends.iter().filter(|m| valid(m)).collect();
+    let (senders, keys): (Vec<i64>, Vec<i64>) = valid_sends
         .iter()
-        .filter(|m| valid(m))
         .filter_map(|m| m.client_msg_id.as_deref().map(|k| (m.sender_id.get(), client_key(k))))
-        .collect();
+        .unzip();
+    let rows = sqlx::query(concat!(
+        "WITH fresh AS (SELECT array_agg(nextval('message_ids')) AS ids FROM generate_series(1, $3))
+         SELECT fresh.ids, o.* FROM fresh LEFT JOIN (SELECT ",
+        message_columns!(),
+        ", m.client_msg_id",
+        messages!(),
+        "WHERE (m.sender_id, m.client_key) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))) AS o ON true"
+    ))
+    .bind(&senders)
+    .bind(&keys)
+    .bind(i64::try_from(valid_sends.len()).unwrap_or(i64::MAX))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ids: Vec<i64> = match rows.first() {
+        Some(row) => row.try_get::<Option<Vec<i64>>, _>(0)?.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    ids.sort_unstable();
+    let mut ids = ids.into_iter();
     let mut originals: HashMap<(i64, String), StoredMessage> = HashMap::new();
-    if !keyed.is_empty() {
-        let (senders, keys): (Vec<i64>, Vec<i64>) = keyed.into_iter().unzip();
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            ", m.client_msg_id",
-            messages!(),
-            "WHERE (m.sender_id, m.client_key) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))"
-        ))
-        .bind(&senders)
-        .bind(&keys)
-        .fetch_all(&mut *conn)
-        .await?;
+    for row in &rows {
         // Hash matches are compared in full: a collision is a new message.
-        for row in rows {
-            let m = message(&row)?;
-            originals.insert((m.sender_id.get(), row.try_get(7)?), m);
+        if let Some(key) = row.try_get::<Option<String>, _>(8)? {
+            let m = message_at(row, 1)?;
+            originals.insert((m.sender_id.get(), key), m);
         }
     }
-
-    // Fresh ids for the new messages, in order.
-    let fresh = sends.iter().filter(|m| valid(m) && !is_known(&originals, m)).count();
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT nextval('message_ids') FROM generate_series(1, $1)")
-        .bind(i64::try_from(fresh).unwrap_or(i64::MAX))
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut ids = ids.into_iter();
 
     let mut outcomes = Vec::with_capacity(sends.len());
     let mut rows = NewRows::default();
@@ -216,27 +222,9 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
         });
     }
     if !rows.ids.is_empty() {
-        rows.insert(conn).await?;
-        let touched: Vec<&Head> = heads.values().collect();
-        sqlx::query(
-            "UPDATE conversations c SET last_seq = v.seq, last_ts = v.ts, last_message_id = v.mid
-             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS v(id, seq, ts, mid)
-             WHERE c.id = v.id AND v.seq > c.last_seq",
-        )
-        .bind(touched.iter().map(|h| h.id).collect::<Vec<_>>())
-        .bind(touched.iter().map(|h| h.last_seq).collect::<Vec<_>>())
-        .bind(touched.iter().map(|h| h.last_ts).collect::<Vec<_>>())
-        .bind(touched.iter().map(|h| h.last_message_id).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+        rows.insert(conn, heads.values()).await?;
     }
     Ok(outcomes)
-}
-
-fn is_known(originals: &HashMap<(i64, String), StoredMessage>, m: &NewMessage) -> bool {
-    m.client_msg_id
-        .as_ref()
-        .is_some_and(|k| originals.contains_key(&(m.sender_id.get(), k.clone())))
 }
 
 /// The new rows of a batch, column by column, for one `unnest` insert.
@@ -266,12 +254,21 @@ impl<'a> NewRows<'a> {
         self.hashes.push(key.map(client_key));
     }
 
-    /// Inserts the messages and their pending rows.
-    async fn insert(self, conn: &mut PgConnection) -> sqlx::Result<()> {
+    /// Inserts the messages and their pending rows and moves the
+    /// conversations' counters, in one statement (one round trip while the
+    /// conversations are locked).
+    async fn insert(self, conn: &mut PgConnection, heads: impl Iterator<Item = &Head>) -> sqlx::Result<()> {
+        let heads: Vec<&Head> = heads.collect();
         sqlx::query(
-            "INSERT INTO messages (id, conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id, client_key)
-             SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
-                                  $7::int8[], $8::text[], $9::int8[])",
+            "WITH m AS (
+                 INSERT INTO messages (id, conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id, client_key)
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
+                                      $7::int8[], $8::text[], $9::int8[])),
+             p AS (
+                 INSERT INTO pending (recipient_id, message_id) SELECT * FROM unnest($5::int8[], $1::int8[]))
+             UPDATE conversations c SET last_seq = v.seq, last_ts = v.ts, last_message_id = v.mid
+             FROM unnest($10::int8[], $11::int8[], $12::int8[], $13::int8[]) AS v(id, seq, ts, mid)
+             WHERE c.id = v.id AND v.seq > c.last_seq",
         )
         .bind(&self.ids)
         .bind(self.conversations)
@@ -282,13 +279,12 @@ impl<'a> NewRows<'a> {
         .bind(self.timestamps)
         .bind(self.keys)
         .bind(self.hashes)
+        .bind(heads.iter().map(|h| h.id).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.last_seq).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.last_ts).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.last_message_id).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
-        sqlx::query("INSERT INTO pending (recipient_id, message_id) SELECT * FROM unnest($1::int8[], $2::int8[])")
-            .bind(&self.recipients)
-            .bind(&self.ids)
-            .execute(&mut *conn)
-            .await?;
         Ok(())
     }
 }
