@@ -1,6 +1,13 @@
 //! Accounts and sessions: registration, login with a per-username throttle,
 //! bearer tokens, logout.
 //!
+//! Live sessions are cached in memory after their first lookup, so most
+//! requests cost no store read to authenticate. A logout removes its session
+//! from the cache here and, on a cluster, on every node (over Redis); a
+//! session revoked while its lookup was in flight is not cached; and no entry
+//! is trusted for longer than [`SESSION_CACHE_TTL`], which bounds what a lost
+//! revocation (Redis down at that moment) could leave behind.
+//!
 //! Passwords are hashed with argon2id. Hashing is slow on purpose, so it runs
 //! in the blocking pool behind a semaphore: a login flood can take at most one
 //! core, never the cores that carry messages.
@@ -12,8 +19,9 @@ use std::time::{Duration, Instant};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
+use dashmap::DashMap;
 use dyad_protocol::rest::{SessionCreated, UserCreated};
-use dyad_store::{MessageStore, NewSession, SessionRecord, TokenHash};
+use dyad_store::{MessageStore, NewSession, SessionId, SessionRecord, TokenHash};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -29,6 +37,10 @@ const MAX_LOCKOUT: Duration = Duration::from_secs(300);
 const FAILURE_MEMORY: Duration = Duration::from_secs(900);
 /// Most usernames the throttle tracks at once (bounds its memory).
 const MAX_TRACKED: usize = 100_000;
+/// How long a cached session is trusted without a store read.
+pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Most sessions cached at once; past it the cache starts over.
+const MAX_CACHED_SESSIONS: usize = 200_000;
 
 /// The account service.
 pub struct Accounts {
@@ -39,6 +51,10 @@ pub struct Accounts {
     /// Verified against when a username does not exist, so that a missing
     /// account takes as long to refuse as a wrong password.
     decoy_hash: String,
+    /// Live sessions by token hash, with when they were read from the store.
+    sessions: DashMap<TokenHash, (SessionRecord, Instant)>,
+    /// Sessions revoked lately, so that a lookup in flight does not cache one.
+    revoked: Mutex<HashMap<SessionId, Instant>>,
 }
 
 impl Accounts {
@@ -46,6 +62,8 @@ impl Accounts {
     pub fn new(store: Arc<dyn MessageStore>, token_ttl: Duration) -> Result<Self, ApiError> {
         let decoy_hash = hash_password(random_token()?.as_bytes())?;
         Ok(Accounts {
+            sessions: DashMap::new(),
+            revoked: Mutex::new(HashMap::new()),
             store,
             hashing: Semaphore::new(1),
             throttle: LoginThrottle::default(),
@@ -134,16 +152,46 @@ impl Accounts {
         if token.is_empty() || token.len() > 256 {
             return Err(ApiError::Unauthorized);
         }
-        self.store
-            .session_by_token(&token_hash(token), now_ms())
+        let hash = token_hash(token);
+        let now = now_ms();
+        if let Some(entry) = self.sessions.get(&hash)
+            && entry.1.elapsed() < SESSION_CACHE_TTL
+            && entry.0.expires_at > now
+        {
+            return Ok(entry.0);
+        }
+        let session = self
+            .store
+            .session_by_token(&hash, now)
             .await?
-            .ok_or(ApiError::Unauthorized)
+            .ok_or(ApiError::Unauthorized)?;
+        let revoked = self.revoked.lock().is_ok_and(|r| r.contains_key(&session.id));
+        if !revoked {
+            if self.sessions.len() >= MAX_CACHED_SESSIONS {
+                self.sessions.clear();
+            }
+            self.sessions.insert(hash, (session, Instant::now()));
+        }
+        Ok(session)
     }
 
-    /// Revokes the session. Closing its sockets is the caller's part.
+    /// Revokes the session. Closing its sockets, and telling other nodes, is
+    /// the caller's part.
     pub async fn logout(&self, session: &SessionRecord) -> Result<(), ApiError> {
+        self.forget_session(session.id);
         self.store.revoke_session(session.id).await?;
+        self.forget_session(session.id);
         Ok(())
+    }
+
+    /// Drops a revoked session from the cache (here, or told by another node).
+    pub fn forget_session(&self, id: SessionId) {
+        if let Ok(mut revoked) = self.revoked.lock() {
+            let now = Instant::now();
+            revoked.retain(|_, at| now.duration_since(*at) < SESSION_CACHE_TTL);
+            revoked.insert(id, now);
+        }
+        self.sessions.retain(|_, (s, _)| s.id != id);
     }
 }
 

@@ -8,7 +8,9 @@
 //! the users concerned and Redis hands each message to exactly the nodes that
 //! need it. Nothing maps users to nodes, so nothing goes stale when a node
 //! dies: its subscriptions die with its socket. (Per-node channels would need
-//! that map, a lookup per message, and cleanup after a crash.)
+//! that map, a lookup per message, and cleanup after a crash.) Revoked
+//! sessions go to one channel every node hears, `sessions`: every node may
+//! have the session cached.
 //!
 //! Every published payload names the process that sent it; a node skips its
 //! own, since it already dispatched them locally.
@@ -143,6 +145,12 @@ impl Cluster {
     /// The channel of `user`'s devices.
     pub fn user_channel(&self, user: UserId) -> String {
         format!("{}user:{}", self.prefix, user.get())
+    }
+
+    /// The channel every node hears: revoked sessions (for the session
+    /// caches, and to close the session's sockets wherever they are).
+    pub fn sessions_channel(&self) -> String {
+        format!("{}sessions", self.prefix)
     }
 
     /// The channel of `user`'s presence changes.
@@ -328,9 +336,9 @@ impl Cluster {
         self.publish(self.user_channel(user), 't', 0, 0, 0, frame.as_str());
     }
 
-    /// Closes the connections of a revoked session on other nodes.
+    /// Tells every other node that a session was revoked.
     pub fn publish_revoked(&self, user: UserId, session: SessionId) {
-        self.publish(self.user_channel(user), 'r', session.0, 0, 0, "");
+        self.publish(self.sessions_channel(), 'r', session.0, user.get(), 0, "");
     }
 
     /// Tells the other nodes' watchers of `user` about a presence change.
@@ -348,7 +356,7 @@ impl Cluster {
     /// Decodes one pub/sub message; `None` for our own and for garbage.
     fn decode(&self, channel: &str, payload: &str) -> Option<Incoming> {
         let rest = channel.strip_prefix(&self.prefix)?;
-        let (kind_of_channel, id) = rest.split_once(':')?;
+        let (kind_of_channel, id) = rest.split_once(':').unwrap_or((rest, "0"));
         let user = UserId(id.parse().ok()?);
         let mut fields = payload.splitn(6, '\t');
         let kind = fields.next()?;
@@ -373,7 +381,7 @@ impl Cluster {
             ("user", "m") => Some(Incoming::Message(user, sequenced()?)),
             ("user", "d") => Some(Incoming::Delivered(user, sequenced()?)),
             ("user", "t") => Some(Incoming::Typing(user, Utf8Bytes::from(tail))),
-            ("user", "r") => Some(Incoming::Revoked(user, SessionId(a))),
+            ("sessions", "r") => Some(Incoming::Revoked(UserId(b), SessionId(a))),
             ("presence", "p") => Some(Incoming::Presence(user, a == 1, Utf8Bytes::from(tail))),
             _ => None,
         }

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 pub use config::Config;
 
 use accounts::Accounts;
+use cluster::Incoming;
 use committer::GroupCommit;
 use flood::FloodControl;
 use hub::{CloseReason, Hub};
@@ -44,7 +45,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct App {
     config: Config,
     store: Arc<dyn MessageStore>,
-    accounts: Accounts,
+    accounts: Arc<Accounts>,
     hub: Arc<Hub>,
     commits: GroupCommit,
     flood: FloodControl,
@@ -93,22 +94,32 @@ pub async fn serve(
         committed,
         cluster.as_ref().map(|(c, _)| c.clone()),
     ));
-    let heartbeat = cluster.map(|(cluster, tasks)| {
-        let to_hub = hub.clone();
-        cluster.start(tasks, move |incoming| to_hub.incoming(incoming));
-        // Presence heartbeat: a third of the TTL, so one lost round is harmless.
-        let every = (cluster.presence_ttl() / 3).max(Duration::from_millis(200));
-        let hub = hub.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                hub.refresh_cluster_presence().await;
-            }
-        })
-    });
     let (commits, commit_task) = GroupCommit::start(store.clone(), hub.clone(), metrics.clone(), config.max_batch);
-    let accounts = Accounts::new(store.clone(), config.token_ttl).map_err(|e| ServeError::Startup(e.to_string()))?;
+    let accounts =
+        Arc::new(Accounts::new(store.clone(), config.token_ttl).map_err(|e| ServeError::Startup(e.to_string()))?);
+    let heartbeat = match cluster {
+        Some((cluster, tasks)) => {
+            let (to_hub, to_accounts) = (hub.clone(), accounts.clone());
+            cluster.start(tasks, move |incoming| {
+                if let Incoming::Revoked(_, session) = &incoming {
+                    to_accounts.forget_session(*session);
+                }
+                to_hub.incoming(incoming);
+            });
+            cluster.hold(cluster.sessions_channel()).await;
+            // Presence heartbeat: a third of the TTL, so one lost round is harmless.
+            let every = (cluster.presence_ttl() / 3).max(Duration::from_millis(200));
+            let hub = hub.clone();
+            Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    hub.refresh_cluster_presence().await;
+                }
+            }))
+        }
+        None => None,
+    };
     let app = Arc::new(App {
         flood: FloodControl::new(config.rate_limit, config.rate_burst),
         config,

@@ -5,13 +5,6 @@ use dyad_client::{Client, ClientError};
 
 use crate::helpers::*;
 
-fn api_error(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, ErrorCode) {
-    match result {
-        Err(ClientError::Api { status, code, .. }) => (status, code),
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn registration_validates_and_folds_usernames() {
     let server = TestServer::spawn().await;

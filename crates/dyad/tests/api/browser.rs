@@ -133,8 +133,25 @@ async fn count_messages(browser: &Browser, text: &str) -> u64 {
         .unwrap()
 }
 
+/// The page redraws whole lists on events, so an element found a moment ago
+/// may be gone by the time it is used: find it again, a few times.
+async fn retry_stale<T, F, Fut>(mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+{
+    for _ in 0..20 {
+        match attempt().await {
+            Ok(v) => return v,
+            Err(e) if e.is_stale_element_reference() => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("webdriver: {e}"),
+        }
+    }
+    panic!("element kept going stale")
+}
+
 async fn text_of(browser: &Browser, css: &str) -> String {
-    browser.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+    retry_stale(|| async { browser.find(Locator::Css(css)).await?.text().await }).await
 }
 
 async fn fill(browser: &Browser, css: &str, text: &str) {
@@ -144,7 +161,7 @@ async fn fill(browser: &Browser, css: &str, text: &str) {
 }
 
 async fn click(browser: &Browser, css: &str) {
-    browser.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
+    retry_stale(|| async { browser.find(Locator::Css(css)).await?.click().await }).await;
 }
 
 /// Opens the page and waits for its sign-in form.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dyad_client::Client;
 use dyad_client::protocol::events::PresenceStatus;
-use dyad_client::protocol::{ClientEvent, MessageId, ServerEvent};
+use dyad_client::protocol::{ClientEvent, ErrorCode, MessageId, ServerEvent};
 use dyad_server::Config;
 use dyad_server::config::ClusterConfig;
 
@@ -206,6 +206,11 @@ async fn three_nodes_serve_two_users_as_if_they_were_one() {
     on_b.logout().await.unwrap();
     assert_eq!(alice_a.expect_close().await, 1008);
     assert_eq!(alice_c.expect_close().await, 1008);
+    // A and C had the session cached: the revocation reached their caches.
+    for node in [a, c] {
+        let there = Client::new(&node.base).with_token(alice.client.token().unwrap(), alice.id);
+        assert_eq!(api_error(there.conversations().await), (401, ErrorCode::Unauthorized));
+    }
     for node in nodes {
         node.stop().await;
     }

@@ -125,6 +125,14 @@ impl TestServer {
     }
 }
 
+/// The status and code of a REST error (anything else fails the test).
+pub fn api_error(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, ErrorCode) {
+    match result {
+        Err(ClientError::Api { status, code, .. }) => (status, code),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
 pub struct TestUser {
     pub client: Client,
     pub id: UserId,

@@ -93,8 +93,12 @@ pub(crate) async fn history(
 ) -> Result<Json<HistoryPage>, ApiError> {
     let page = page_request(params)?;
     let peer = user_id.parse::<UserId>().map_err(|_| ApiError::UserNotFound)?;
-    app.store.user_by_id(peer).await?.ok_or(ApiError::UserNotFound)?;
     let page = app.store.history(session.user_id, peer, page).await?;
+    // A page with messages proves the peer exists; only an empty one needs
+    // the lookup that tells "no such user" from "nothing yet".
+    if page.messages.is_empty() {
+        app.store.user_by_id(peer).await?.ok_or(ApiError::UserNotFound)?;
+    }
     Ok(Json(HistoryPage {
         messages: page.messages.iter().map(|m| m.view()).collect(),
         has_more: page.has_more,
