@@ -147,8 +147,20 @@ impl Accounts {
         })
     }
 
-    /// The live session a bearer token names, or `unauthorized`.
+    /// The live session a bearer token names, or `unauthorized`; cached for
+    /// the requests that follow (REST).
     pub async fn authenticate(&self, token: &str) -> Result<SessionRecord, ApiError> {
+        self.lookup(token, true).await
+    }
+
+    /// The same, for a token used once (a WebSocket upgrade): found in the
+    /// cache if there, but not added to it, so that idle connections do not
+    /// each hold a cache entry.
+    pub async fn authenticate_once(&self, token: &str) -> Result<SessionRecord, ApiError> {
+        self.lookup(token, false).await
+    }
+
+    async fn lookup(&self, token: &str, remember: bool) -> Result<SessionRecord, ApiError> {
         if token.is_empty() || token.len() > 256 {
             return Err(ApiError::Unauthorized);
         }
@@ -166,7 +178,7 @@ impl Accounts {
             .await?
             .ok_or(ApiError::Unauthorized)?;
         let revoked = self.revoked.lock().is_ok_and(|r| r.contains_key(&session.id));
-        if !revoked {
+        if remember && !revoked {
             if self.sessions.len() >= MAX_CACHED_SESSIONS {
                 self.sessions.clear();
             }

@@ -7,6 +7,7 @@
 //! services. Either ending ends the session.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -63,7 +64,7 @@ pub(crate) async fn upgrade(
     let Some(token) = bearer(&headers).map(str::to_owned).or(query_token) else {
         return ApiError::Unauthorized.into_response();
     };
-    let session = match app.accounts.authenticate(&token).await {
+    let session = match app.accounts.authenticate_once(&token).await {
         Ok(session) => session,
         Err(e) => return e.into_response(),
     };
@@ -174,6 +175,7 @@ async fn write_loop(
     let closing = peer.closing().cancelled();
     tokio::pin!(closing);
     loop {
+        let gap_deadline = cursors.as_ref().and_then(Cursors::deadline);
         tokio::select! {
             biased;
             () = &mut closing => {
@@ -200,9 +202,11 @@ async fn write_loop(
                     return;
                 }
             }
-            () = gap_timer(cursors.as_ref()) => {
+            // Boxed, and only made while a message is held: every idle
+            // connection's task would otherwise carry a timer and the fill.
+            () = gap_timer(gap_deadline), if gap_deadline.is_some() => {
                 if let Some(cursors) = cursors.as_mut() {
-                    fill_gaps(cursors, peer, app, &mut ready).await;
+                    Box::pin(fill_gaps(cursors, peer, app, &mut ready)).await;
                 }
                 if write_all(&mut sink, &mut ready).await.is_err() {
                     return;
@@ -239,12 +243,10 @@ async fn write_all(sink: &mut Sink, ready: &mut Vec<Utf8Bytes>) -> Result<(), ()
     sink.flush().await.map_err(|_| ())
 }
 
-/// Resolves when a held message has waited long enough; never without one.
-async fn gap_timer(cursors: Option<&Cursors>) {
-    match cursors.and_then(Cursors::deadline) {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
+/// Resolves when a held message has waited long enough.
+fn gap_timer(deadline: Option<Instant>) -> Pin<Box<tokio::time::Sleep>> {
+    let at = deadline.unwrap_or_else(Instant::now);
+    Box::pin(tokio::time::sleep_until(at.into()))
 }
 
 /// Reads the messages missing before each held one from the store. While
