@@ -115,11 +115,15 @@ async fn slow_path(target: &str, delay: Duration) -> String {
     format!("redis://{addr}/")
 }
 
-/// The same session, talking to another node.
+/// The same session, talking to the node at `base`.
+fn via(user: &TestUser, base: &str) -> TestUser {
+    let client = Client::new(base).with_token(user.client.token().unwrap(), user.id);
+    TestUser { client, id: user.id }
+}
+
+/// The same session's WebSocket on another node.
 async fn on(user: &TestUser, node: &TestServer) -> TestConn {
-    let token = user.client.token().unwrap().to_owned();
-    let client = Client::new(&node.base).with_token(token, user.id);
-    TestUser { client, id: user.id }.connect().await
+    via(user, &node.base).connect().await
 }
 
 /// Reads events until one that `pick` accepts; others are skipped.
@@ -186,7 +190,7 @@ async fn three_nodes_serve_two_users_as_if_they_were_one() {
     // Presence with grace across nodes: Alice still has C after A closes.
     alice_a.0.close().await.unwrap();
     bob_b.expect_silence(Duration::from_millis(1200)).await;
-    let status = Client::new(&a.base).with_token(bob.client.token().unwrap(), bob.id);
+    let status = via(&bob, &a.base).client;
     assert_eq!(status.status(alice.id).await.unwrap().status, PresenceStatus::Online);
     let closed_at = dyad_server::clock::now_ms();
     alice_c.0.close().await.unwrap();
@@ -202,13 +206,13 @@ async fn three_nodes_serve_two_users_as_if_they_were_one() {
     // Logging out on B closes the session's sockets on A and C.
     let mut alice_a = on(&alice, a).await;
     let mut alice_c = on(&alice, c).await;
-    let on_b = Client::new(&b.base).with_token(alice.client.token().unwrap(), alice.id);
+    let on_b = via(&alice, &b.base).client;
     on_b.logout().await.unwrap();
     assert_eq!(alice_a.expect_close().await, 1008);
     assert_eq!(alice_c.expect_close().await, 1008);
     // A and C had the session cached: the revocation reached their caches.
     for node in [a, c] {
-        let there = Client::new(&node.base).with_token(alice.client.token().unwrap(), alice.id);
+        let there = via(&alice, &node.base).client;
         assert_eq!(api_error(there.conversations().await), (401, ErrorCode::Unauthorized));
     }
     for node in nodes {
@@ -342,13 +346,7 @@ async fn a_node_killed_with_kill_9_loses_nothing_and_its_users_expire() {
     assert!(killed_at.elapsed() < TTL * 4, "offline within about the TTL");
 
     // Bob reconnects to B: both messages are pending (neither was acked).
-    let on_b = Client::new(&b.base).with_token(bob.client.token().unwrap(), bob.id);
-    let mut bob_b = TestUser {
-        client: on_b,
-        id: bob.id,
-    }
-    .connect_raw()
-    .await;
+    let mut bob_b = via(&bob, &b.base).connect_raw().await;
     let replayed: Vec<MessageId> = bob_b.replay().await.iter().map(|m| m.message_id).collect();
     assert_eq!(replayed, vec![first.message_id, second.message_id]);
     drop(b);
@@ -456,7 +454,7 @@ async fn a_redis_restart_loses_no_acked_message_and_nodes_reconnect_by_themselve
     assert_eq!(got, vec![(second.message_id, 2), (third.message_id, 3)]);
 
     // Presence was lost with Redis's memory; the nodes' heartbeats put it back.
-    let status = Client::new(&a.base).with_token(alice.client.token().unwrap(), alice.id);
+    let status = via(&alice, &a.base).client;
     let deadline = Instant::now() + WAIT;
     while status.status(bob.id).await.unwrap().status != PresenceStatus::Online {
         assert!(Instant::now() < deadline, "bob's presence did not come back");
