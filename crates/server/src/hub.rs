@@ -623,6 +623,19 @@ impl Hub {
             Ok(back) => back.into_iter().for_each(|u| self.announce(online(u))),
             Err(e) => tracing::warn!(error = %e, "could not renew presence in redis"),
         }
+        // A connection that closed while the renewal was on its way may have
+        // been put back after its removal: take it out again, or its user
+        // would look connected until the TTL ran out.
+        for (user, members) in connected {
+            let open: HashSet<String> = self
+                .users
+                .get(&user)
+                .map(|e| e.peers.iter().map(|p| cluster.member(p.id)).collect())
+                .unwrap_or_default();
+            for member in members.into_iter().filter(|m| !open.contains(m)) {
+                cluster.disconnected(user, member).await;
+            }
+        }
         let gone = match cluster.expired_watched().await {
             Ok(gone) => gone,
             Err(e) => return tracing::warn!(error = %e, "could not poll presence in redis"),

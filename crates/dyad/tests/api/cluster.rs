@@ -220,6 +220,38 @@ async fn three_nodes_serve_two_users_as_if_they_were_one() {
     }
 }
 
+#[tokio::test]
+async fn a_reconnect_to_another_node_within_the_grace_period_is_invisible() {
+    let nodes = nodes(2, &redis_url()).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let mut bob_b = bob.connect().await;
+    bob_b
+        .0
+        .send(&ClientEvent::SubscribePresence {
+            user_ids: vec![alice.id],
+        })
+        .await
+        .unwrap();
+    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Offline);
+    let alice_a = alice.connect().await;
+    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Online);
+
+    // Alice's link drops on A and she comes back through B (grace: 400 ms).
+    alice_a.0.close().await.unwrap();
+    let alice_b = on(&alice, b).await;
+    bob_b.expect_silence(Duration::from_millis(1200)).await;
+    let status = via(&bob, &a.base).client;
+    assert_eq!(status.status(alice.id).await.unwrap().status, PresenceStatus::Online);
+
+    alice_b.0.close().await.unwrap();
+    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Offline);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 /// What one connection saw of the conversation: each `seq` in order, and
 /// which of them were its own sends (acks).
 #[derive(Default)]
