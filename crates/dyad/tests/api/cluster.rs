@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dyad_client::Client;
 use dyad_client::protocol::events::PresenceStatus;
-use dyad_client::protocol::{ClientEvent, ErrorCode, MessageId, ServerEvent};
+use dyad_client::protocol::{ClientEvent, ErrorCode, MessageId, ServerEvent, UserId};
 use dyad_server::Config;
 use dyad_server::config::ClusterConfig;
 
@@ -126,6 +126,17 @@ async fn on(user: &TestUser, node: &TestServer) -> TestConn {
     via(user, &node.base).connect().await
 }
 
+/// `user`'s connection, watching `watched`, who is offline so far.
+async fn watching(user: &TestUser, watched: UserId) -> TestConn {
+    let mut conn = user.connect().await;
+    let subscribe = ClientEvent::SubscribePresence {
+        user_ids: vec![watched],
+    };
+    conn.0.send(&subscribe).await.unwrap();
+    assert_eq!(conn.expect_presence().await.status, PresenceStatus::Offline);
+    conn
+}
+
 /// Reads events until one that `pick` accepts; others are skipped.
 async fn until<T>(conn: &mut TestConn, mut pick: impl FnMut(&ServerEvent) -> Option<T>) -> T {
     loop {
@@ -142,15 +153,7 @@ async fn three_nodes_serve_two_users_as_if_they_were_one() {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
-    let mut bob_b = bob.connect().await;
-    bob_b
-        .0
-        .send(&ClientEvent::SubscribePresence {
-            user_ids: vec![alice.id],
-        })
-        .await
-        .unwrap();
-    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Offline);
+    let mut bob_b = watching(&bob, alice.id).await;
 
     let mut alice_a = alice.connect().await;
     let online = bob_b.expect_presence().await;
@@ -226,15 +229,7 @@ async fn a_reconnect_to_another_node_within_the_grace_period_is_invisible() {
     let (a, b) = (&nodes[0], &nodes[1]);
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
-    let mut bob_b = bob.connect().await;
-    bob_b
-        .0
-        .send(&ClientEvent::SubscribePresence {
-            user_ids: vec![alice.id],
-        })
-        .await
-        .unwrap();
-    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Offline);
+    let mut bob_b = watching(&bob, alice.id).await;
     let alice_a = alice.connect().await;
     assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Online);
 
@@ -352,13 +347,7 @@ async fn a_node_killed_with_kill_9_loses_nothing_and_its_users_expire() {
         id: bob_id,
     };
 
-    let mut alice_b = alice.connect().await;
-    alice_b
-        .0
-        .send(&ClientEvent::SubscribePresence { user_ids: vec![bob.id] })
-        .await
-        .unwrap();
-    assert_eq!(alice_b.expect_presence().await.status, PresenceStatus::Offline);
+    let mut alice_b = watching(&alice, bob.id).await;
     let mut bob_a = bob.connect().await;
     assert_eq!(alice_b.expect_presence().await.status, PresenceStatus::Online);
     let first = alice_b.send_and_ack(bob.id, "before the crash", "k1").await;
