@@ -284,18 +284,14 @@ impl Cluster {
         Ok(gone)
     }
 
-    /// Notes the presence this node last told its watchers of `user`.
+    /// Notes the presence this node last told its watchers of `user`
+    /// (offline, too, once nobody here watches them: nothing to poll).
     pub fn note_presence(&self, user: UserId, online: bool) {
         if online {
             self.watched_online.insert(user, ());
         } else {
             self.watched_online.remove(&user);
         }
-    }
-
-    /// Forgets `user` once nobody here watches them.
-    pub fn forget_watched(&self, user: UserId) {
-        self.watched_online.remove(&user);
     }
 
     /// Whether Redis answers.

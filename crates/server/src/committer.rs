@@ -168,14 +168,10 @@ fn dispatch(
                     seq: message.seq,
                     status: MessageStatus::Sent,
                 });
-                let ack = Sequenced {
-                    peer: message.recipient_id,
-                    seq: message.seq,
-                    id: message.id,
-                    ts: message.timestamp,
-                    frame: ack,
-                };
-                origin.send(Outbound::ordered(Kind::Ack, ack));
+                origin.send(Outbound::ordered(
+                    Kind::Ack,
+                    Sequenced::of(&message, message.recipient_id, ack),
+                ));
                 if let (true, Some(delivered_at)) = (duplicate, message.delivered_at) {
                     // A retry of a message that is already delivered: say so at once.
                     origin.push(encode(&ServerEvent::MessageDelivered {

@@ -358,7 +358,7 @@ impl Hub {
     /// Sends a stored message to its recipient's connections and to the
     /// sender's others (all but `origin`), here and, on a cluster, on every node.
     pub fn route_message(&self, message: &StoredMessage, frame: Utf8Bytes, origin: Option<ConnectionId>) {
-        let to_recipient = sequenced(message, message.sender_id, frame);
+        let to_recipient = Sequenced::of(message, message.sender_id, frame);
         let to_sender = Sequenced {
             peer: message.recipient_id,
             ..to_recipient.clone()
@@ -503,7 +503,7 @@ impl Hub {
             if let Some(cluster) = &self.cluster {
                 cluster.release(cluster.presence_channel(user));
                 if nobody_left {
-                    cluster.forget_watched(user);
+                    cluster.note_presence(user, false);
                 }
             }
         }
@@ -660,16 +660,5 @@ fn online(user: UserId) -> PresenceView {
         user_id: user,
         status: PresenceStatus::Online,
         last_seen: None,
-    }
-}
-
-/// A message's frame tagged with its place in the conversation with `peer`.
-fn sequenced(message: &StoredMessage, peer: UserId, frame: Utf8Bytes) -> Sequenced {
-    Sequenced {
-        peer,
-        seq: message.seq,
-        id: message.id,
-        ts: message.timestamp,
-        frame,
     }
 }

@@ -62,6 +62,19 @@ pub struct Sequenced {
     pub frame: Utf8Bytes,
 }
 
+impl Sequenced {
+    /// `frame`, about `message`, seen from the side whose other participant is `peer`.
+    pub fn of(message: &StoredMessage, peer: UserId, frame: Utf8Bytes) -> Self {
+        Sequenced {
+            peer,
+            seq: message.seq,
+            id: message.id,
+            ts: message.timestamp,
+            frame,
+        }
+    }
+}
+
 impl Outbound {
     /// A frame about a message.
     pub fn ordered(kind: Kind, frame: Sequenced) -> Self {
