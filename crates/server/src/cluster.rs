@@ -307,8 +307,10 @@ impl Cluster {
         }
     }
 
-    fn publish(&self, channel: String, kind: char, a: i64, b: i64, c: i64, frame: &str) {
-        let payload = format!("{kind}\t{}\t{a}\t{b}\t{c}\t{frame}", self.origin);
+    /// Payload: `kind origin a b c d frame`, tab-separated (JSON frames hold
+    /// no raw tabs); the numbers mean what each kind says.
+    fn publish(&self, channel: String, kind: char, [a, b, c, d]: [i64; 4], frame: &str) {
+        let payload = format!("{kind}\t{}\t{a}\t{b}\t{c}\t{d}\t{frame}", self.origin);
         let _ = self.publish.send((channel, payload));
     }
 
@@ -317,36 +319,24 @@ impl Cluster {
     /// their messages was delivered (`message_delivered`).
     pub fn publish_sequenced(&self, user: UserId, kind: Kind, item: &Sequenced) {
         let tag = if kind == Kind::Delivered { 'd' } else { 'm' };
-        self.publish(
-            self.user_channel(user),
-            tag,
-            item.peer.get(),
-            item.seq,
-            item.id.get(),
-            &format!("{}\t{}", item.ts, item.frame.as_str()),
-        );
+        let numbers = [item.peer.get(), item.seq, item.id.get(), item.ts];
+        self.publish(self.user_channel(user), tag, numbers, item.frame.as_str());
     }
 
     /// Relays a typing frame to `user`'s devices on other nodes.
     pub fn publish_typing(&self, user: UserId, frame: &Utf8Bytes) {
-        self.publish(self.user_channel(user), 't', 0, 0, 0, frame.as_str());
+        self.publish(self.user_channel(user), 't', [0; 4], frame.as_str());
     }
 
     /// Tells every other node that a session was revoked.
     pub fn publish_revoked(&self, user: UserId, session: SessionId) {
-        self.publish(self.sessions_channel(), 'r', session.0, user.get(), 0, "");
+        self.publish(self.sessions_channel(), 'r', [session.0, user.get(), 0, 0], "");
     }
 
     /// Tells the other nodes' watchers of `user` about a presence change.
     pub fn publish_presence(&self, user: UserId, online: bool, frame: &Utf8Bytes) {
-        self.publish(
-            self.presence_channel(user),
-            'p',
-            i64::from(online),
-            0,
-            0,
-            frame.as_str(),
-        );
+        let numbers = [i64::from(online), 0, 0, 0];
+        self.publish(self.presence_channel(user), 'p', numbers, frame.as_str());
     }
 
     /// Decodes one pub/sub message; `None` for our own and for garbage.
@@ -354,7 +344,7 @@ impl Cluster {
         let rest = channel.strip_prefix(&self.prefix)?;
         let (kind_of_channel, id) = rest.split_once(':').unwrap_or((rest, "0"));
         let user = UserId(id.parse().ok()?);
-        let mut fields = payload.splitn(6, '\t');
+        let mut fields = payload.splitn(7, '\t');
         let kind = fields.next()?;
         if fields.next()? == self.origin {
             return None;
@@ -362,20 +352,18 @@ impl Cluster {
         let a: i64 = fields.next()?.parse().ok()?;
         let b: i64 = fields.next()?.parse().ok()?;
         let c: i64 = fields.next()?.parse().ok()?;
+        let d: i64 = fields.next()?.parse().ok()?;
         let tail = fields.next().unwrap_or("");
-        let sequenced = || -> Option<Sequenced> {
-            let (ts, frame) = tail.split_once('\t')?;
-            Some(Sequenced {
-                peer: UserId(a),
-                seq: b,
-                id: MessageId(c),
-                ts: ts.parse().ok()?,
-                frame: Utf8Bytes::from(frame),
-            })
+        let sequenced = || Sequenced {
+            peer: UserId(a),
+            seq: b,
+            id: MessageId(c),
+            ts: d,
+            frame: Utf8Bytes::from(tail),
         };
         match (kind_of_channel, kind) {
-            ("user", "m") => Some(Incoming::Message(user, sequenced()?)),
-            ("user", "d") => Some(Incoming::Delivered(user, sequenced()?)),
+            ("user", "m") => Some(Incoming::Message(user, sequenced())),
+            ("user", "d") => Some(Incoming::Delivered(user, sequenced())),
             ("user", "t") => Some(Incoming::Typing(user, Utf8Bytes::from(tail))),
             ("sessions", "r") => Some(Incoming::Revoked(UserId(b), SessionId(a))),
             ("presence", "p") => Some(Incoming::Presence(user, a == 1, Utf8Bytes::from(tail))),
