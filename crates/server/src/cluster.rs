@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
-use dyad_protocol::{MessageId, UserId};
+use dyad_protocol::{ConnectionId, MessageId, UserId};
 use dyad_store::SessionId;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
@@ -167,7 +167,7 @@ impl Cluster {
     }
 
     /// A connection's entry in its user's connection set.
-    pub fn member(&self, connection: dyad_protocol::ConnectionId) -> String {
+    fn member(&self, connection: ConnectionId) -> String {
         format!("{}/{}", self.node_id, connection.0)
     }
 
@@ -191,31 +191,31 @@ impl Cluster {
     }
 
     /// Records a new connection; true when its user was offline until now.
-    pub async fn connected(&self, user: UserId, member: &str) -> Result<bool, ClusterError> {
+    pub async fn connected(&self, user: UserId, connection: ConnectionId) -> Result<bool, ClusterError> {
         let mut pipe = redis::pipe();
-        self.add_connect(&mut pipe, user, member);
+        self.add_connect(&mut pipe, user, connection);
         let answers: Vec<i64> = pipe.query_async(&mut self.redis.clone()).await?;
         Ok(answers.first() == Some(&1))
     }
 
-    fn add_connect(&self, pipe: &mut redis::Pipeline, user: UserId, member: &str) {
+    fn add_connect(&self, pipe: &mut redis::Pipeline, user: UserId, connection: ConnectionId) {
         let ttl = self.ttl.as_millis() as i64;
         pipe.cmd("EVAL")
             .arg(CONNECT)
             .arg(2)
             .arg(self.connections_key(user))
             .arg(self.online_key(user))
-            .arg(member)
+            .arg(self.member(connection))
             .arg(now_ms().saturating_add(ttl))
             .arg(ttl)
             .arg(&self.node_id);
     }
 
     /// Removes a closed connection's entry.
-    pub async fn disconnected(&self, user: UserId, member: String) {
+    pub async fn disconnected(&self, user: UserId, connection: ConnectionId) {
         let result: redis::RedisResult<()> = redis::cmd("ZREM")
             .arg(self.connections_key(user))
-            .arg(member)
+            .arg(self.member(connection))
             .query_async(&mut self.redis.clone())
             .await;
         if let Err(e) = result {
@@ -249,12 +249,12 @@ impl Cluster {
     /// Renews the presence of every `(user, connection members)` this node
     /// holds; answers the users who had expired (Redis restarted, say) and are
     /// online again now.
-    pub async fn refresh(&self, users: &[(UserId, Vec<String>)]) -> Result<Vec<UserId>, ClusterError> {
+    pub async fn refresh(&self, users: &[(UserId, Vec<ConnectionId>)]) -> Result<Vec<UserId>, ClusterError> {
         let mut back = Vec::new();
         for chunk in users.chunks(512) {
             let mut pipe = redis::pipe();
             for (user, members) in chunk {
-                members.iter().for_each(|m| self.add_connect(&mut pipe, *user, m));
+                members.iter().for_each(|c| self.add_connect(&mut pipe, *user, *c));
             }
             let answers: Vec<i64> = pipe.query_async(&mut self.redis.clone()).await?;
             let mut answers = answers.into_iter();

@@ -288,7 +288,7 @@ impl Hub {
             return Ok(None);
         };
         cluster.hold(cluster.user_channel(peer.user_id)).await;
-        match cluster.connected(peer.user_id, &cluster.member(peer.id)).await {
+        match cluster.connected(peer.user_id, peer.id).await {
             Ok(true) => self.announce(online(peer.user_id)),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not record presence in redis"),
@@ -303,8 +303,8 @@ impl Hub {
         self.metrics.connections.dec();
         if let Some(cluster) = &self.cluster {
             cluster.release(cluster.user_channel(peer.user_id));
-            let (cluster, user, member) = (cluster.clone(), peer.user_id, cluster.member(peer.id));
-            tokio::spawn(async move { cluster.disconnected(user, member).await });
+            let (cluster, user, connection) = (cluster.clone(), peer.user_id, peer.id);
+            tokio::spawn(async move { cluster.disconnected(user, connection).await });
         }
         let closed_at = now_ms();
         let mut grace = None;
@@ -613,11 +613,11 @@ impl Hub {
         let Some(cluster) = &self.cluster else {
             return;
         };
-        let connected: Vec<(UserId, Vec<String>)> = self
+        let connected: Vec<(UserId, Vec<ConnectionId>)> = self
             .users
             .iter()
             .filter(|e| !e.peers.is_empty())
-            .map(|e| (*e.key(), e.peers.iter().map(|p| cluster.member(p.id)).collect()))
+            .map(|e| (*e.key(), e.peers.iter().map(|p| p.id).collect()))
             .collect();
         match cluster.refresh(&connected).await {
             Ok(back) => back.into_iter().for_each(|u| self.announce(online(u))),
@@ -626,14 +626,14 @@ impl Hub {
         // A connection that closed while the renewal was on its way may have
         // been put back after its removal: take it out again, or its user
         // would look connected until the TTL ran out.
-        for (user, members) in connected {
-            let open: HashSet<String> = self
-                .users
-                .get(&user)
-                .map(|e| e.peers.iter().map(|p| cluster.member(p.id)).collect())
-                .unwrap_or_default();
-            for member in members.into_iter().filter(|m| !open.contains(m)) {
-                cluster.disconnected(user, member).await;
+        for (user, connections) in connected {
+            let still_open = |c: &ConnectionId| {
+                self.users
+                    .get(&user)
+                    .is_some_and(|e| e.peers.iter().any(|p| p.id == *c))
+            };
+            for connection in connections.into_iter().filter(|c| !still_open(c)) {
+                cluster.disconnected(user, connection).await;
             }
         }
         let gone = match cluster.expired_watched().await {
