@@ -190,6 +190,9 @@ impl Accounts {
     /// Revokes the session. Closing its sockets, and telling other nodes, is
     /// the caller's part.
     pub async fn logout(&self, session: &SessionRecord) -> Result<(), ApiError> {
+        // Before: lookups finishing from now on see it revoked and do not
+        // cache it. After: one that checked just before and cached it since
+        // is dropped again.
         self.forget_session(session.id);
         self.store.revoke_session(session.id).await?;
         self.forget_session(session.id);
