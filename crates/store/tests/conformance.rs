@@ -201,7 +201,7 @@ async fn idempotency_keys_return_the_original_within_and_across_batches() {
 async fn unknown_recipients_and_self_sends_store_nothing() {
     for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
-        let [a, b] = users(s, &["alice", "bob"]).await[..] else {
+        let [a, b, c] = users(s, &["alice", "bob", "carol"]).await[..] else {
             unreachable!()
         };
         let out = s
@@ -219,6 +219,24 @@ async fn unknown_recipients_and_self_sends_store_nothing() {
         assert_eq!(out[1], WriteOutcome::UnknownRecipient, "{driver}");
         assert_eq!(stored(&out[2]).0.seq, 1, "{driver}");
         assert_eq!(s.conversations(a, 10).await.unwrap().len(), 1, "{driver}");
+        // A conversation that exists, one that starts here, and an unknown
+        // recipient, in one batch.
+        let out = s
+            .write_batch(
+                vec![
+                    send(c, a, "new", None),
+                    send(a, b, "again", None),
+                    send(c, UserId(999), "?", None),
+                ],
+                20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(stored(&out[0]).0.seq, 1, "{driver}");
+        assert_eq!(stored(&out[1]).0.seq, 2, "{driver}");
+        assert_eq!(out[2], WriteOutcome::UnknownRecipient, "{driver}");
+        assert_eq!(s.conversations(a, 10).await.unwrap().len(), 2, "{driver}");
+        assert_eq!(s.conversations(c, 10).await.unwrap().len(), 1, "{driver}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! One batch of writes as one transaction, in a fixed number of round trips:
-//! four before the conversations are locked and three (with the commit)
-//! while they are, since the locks are what two nodes wait on.
+//! two before the conversations are locked and three (with the commit)
+//! while they are, since the locks are what two nodes wait on. (A batch
+//! that starts new conversations takes two more.)
 //!
 //! Several nodes write at once, so each conversation's counter row is locked
 //! (`FOR UPDATE`, in id order, so two batches never wait on each other in a
@@ -92,50 +93,40 @@ fn pair(m: &NewMessage) -> (i64, i64) {
 
 /// Stores the sends; one outcome per send, in order.
 async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -> sqlx::Result<Vec<WriteOutcome>> {
-    // Which recipients exist (a self-send is refused like an unknown user).
-    let recipients: Vec<i64> = sends.iter().map(|m| m.recipient_id.get()).collect();
-    let existing: HashSet<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)")
-        .bind(&recipients)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
+    // The conversations, locked in id order. A conversation that exists
+    // proves both its users do (users are never deleted), so the usual batch
+    // needs this one statement; only pairs without one yet are checked and
+    // created below.
+    let mut pairs: Vec<(i64, i64)> = sends
+        .iter()
+        .filter(|m| m.sender_id != m.recipient_id)
+        .map(|m| pair(m))
         .collect();
-    let valid = |m: &NewMessage| m.sender_id != m.recipient_id && existing.contains(&m.recipient_id.get());
-
-    // The conversations, created if new, then locked in id order.
-    let mut pairs: Vec<(i64, i64)> = sends.iter().filter(|m| valid(m)).map(|m| pair(m)).collect();
     pairs.sort_unstable();
     pairs.dedup();
-    let (los, his): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
-    let mut heads: HashMap<(i64, i64), Head> = HashMap::with_capacity(pairs.len());
-    if !pairs.is_empty() {
+    let mut heads = lock(conn, &pairs).await?;
+    let new: Vec<(i64, i64)> = pairs.into_iter().filter(|p| !heads.contains_key(p)).collect();
+    if !new.is_empty() {
+        let (los, his): (Vec<i64>, Vec<i64>) = new.iter().copied().unzip();
+        // Created only where both users exist. Locked after the others, so
+        // not in id order: a deadlock with another node's batch is possible
+        // and reruns the batch (first messages of a pair only).
         sqlx::query(
             "INSERT INTO conversations (user_lo, user_hi)
-             SELECT * FROM unnest($1::int8[], $2::int8[]) ON CONFLICT (user_lo, user_hi) DO NOTHING",
+             SELECT k.lo, k.hi FROM unnest($1::int8[], $2::int8[]) AS k(lo, hi)
+             WHERE EXISTS (SELECT 1 FROM users WHERE id = k.lo) AND EXISTS (SELECT 1 FROM users WHERE id = k.hi)
+             ON CONFLICT (user_lo, user_hi) DO NOTHING",
         )
         .bind(&los)
         .bind(&his)
         .execute(&mut *conn)
         .await?;
-        let rows = sqlx::query(
-            "SELECT id, user_lo, user_hi, last_seq, last_ts, last_message_id FROM conversations
-             WHERE (user_lo, user_hi) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))
-             ORDER BY id FOR UPDATE",
-        )
-        .bind(&los)
-        .bind(&his)
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in rows {
-            let head = Head {
-                id: row.try_get(0)?,
-                last_seq: row.try_get(3)?,
-                last_ts: row.try_get(4)?,
-                last_message_id: row.try_get(5)?,
-            };
-            heads.insert((row.try_get(1)?, row.try_get(2)?), head);
-        }
+        heads.extend(lock(conn, &new).await?);
     }
+    // A send is valid if its conversation exists now (a self-send is refused
+    // like an unknown user).
+    let known: HashSet<(i64, i64)> = heads.keys().copied().collect();
+    let valid = |m: &NewMessage| m.sender_id != m.recipient_id && known.contains(&pair(m));
 
     // In one round trip: the messages already stored under the keys this
     // batch carries, and fresh ids, one per valid send (a retry leaves its
@@ -225,6 +216,35 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
         rows.insert(conn, heads.values()).await?;
     }
     Ok(outcomes)
+}
+
+/// Locks the conversations of `pairs` (sorted) in id order and reads their
+/// counters; pairs without a conversation are left out.
+async fn lock(conn: &mut PgConnection, pairs: &[(i64, i64)]) -> sqlx::Result<HashMap<(i64, i64), Head>> {
+    let mut heads = HashMap::with_capacity(pairs.len());
+    if pairs.is_empty() {
+        return Ok(heads);
+    }
+    let (los, his): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+    let rows = sqlx::query(
+        "SELECT id, user_lo, user_hi, last_seq, last_ts, last_message_id FROM conversations
+         WHERE (user_lo, user_hi) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(&los)
+    .bind(&his)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let head = Head {
+            id: row.try_get(0)?,
+            last_seq: row.try_get(3)?,
+            last_ts: row.try_get(4)?,
+            last_message_id: row.try_get(5)?,
+        };
+        heads.insert((row.try_get(1)?, row.try_get(2)?), head);
+    }
+    Ok(heads)
 }
 
 /// The new rows of a batch, column by column, for one `unnest` insert.
