@@ -307,6 +307,11 @@ async fn drive(
         received: HashSet::new(),
     };
     let (mut answered, mut delivered, mut last_seq) = (0u64, 0u64, 0i64);
+    // Made once and moved on after each send: a fresh timer per turn of the
+    // loop cost the load generator a timer registration per frame read.
+    let next_send = tokio::time::sleep_until(schedule.t0 + schedule.at(me, 0));
+    let give_up = tokio::time::sleep_until(deadline);
+    tokio::pin!(next_send, give_up);
     loop {
         if next_k >= to_send
             && answered >= to_send
@@ -315,10 +320,10 @@ async fn drive(
         {
             break;
         }
-        let next_at = schedule.t0 + schedule.at(me, next_k);
         tokio::select! {
-            () = tokio::time::sleep_until(next_at), if next_k < to_send => {
+            () = &mut next_send, if next_k < to_send => {
                 let now = Instant::now();
+                let next_at = schedule.t0 + schedule.at(me, next_k);
                 let at = schedule.at(me, next_k);
                 if schedule.measured(at) {
                     shared.send_lag.record(now.saturating_duration_since(next_at));
@@ -335,6 +340,7 @@ async fn drive(
                 }
                 c.sent.fetch_add(1, Ordering::Relaxed);
                 next_k += 1;
+                next_send.as_mut().reset(schedule.t0 + schedule.at(me, next_k));
             }
             event = rx.next_event() => {
                 let now = Instant::now();
@@ -396,7 +402,7 @@ async fn drive(
                     }
                 }
             }
-            () = tokio::time::sleep_until(deadline) => break,
+            () = &mut give_up => break,
         }
     }
     let _ = tx.close().await;
