@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::Target;
 use super::procstat;
 use super::report::{Latency, LoadReport, ServerUsage};
+use crate::admin::BenchUser;
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
@@ -135,7 +136,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         futures_util::stream::iter(users.iter().enumerate().map(|(i, u)| {
             let url = servers.urls[i % servers.urls.len()].clone();
             let token = u.token.clone();
-            tokio::spawn(async move { open(&url, &token).await })
+            tokio::spawn(async move { open(&url, &token).await.map(|(conn, _)| conn) })
         }))
         .buffered(args.connect_concurrency.max(1))
         .map(|joined| joined.map_err(anyhow::Error::from).and_then(|r| r))
@@ -207,11 +208,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     ticker.abort();
     progress.finish_and_clear();
 
-    let mut lost = 0u64;
-    for (i, outcome) in outcomes.iter().enumerate() {
-        let partner = &outcomes[i ^ 1];
-        lost += outcome.acked.iter().filter(|id| !partner.received.contains(id)).count() as u64;
-    }
+    let (late, lost) = recount(&outcomes, users, &servers.urls, args.connect_concurrency).await?;
     let c = &shared.counters;
     let server = match (servers.pid, server_cpu_start, server_cpu_end) {
         (Some(pid), Some(a), Some(b)) => Some(ServerUsage {
@@ -232,6 +229,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         acked: c.acked.load(Ordering::Relaxed),
         received: c.received.load(Ordering::Relaxed),
         delivered: c.delivered.load(Ordering::Relaxed),
+        late,
         lost,
         duplicated: c.duplicated.load(Ordering::Relaxed),
         out_of_order: c.out_of_order.load(Ordering::Relaxed),
@@ -267,7 +265,9 @@ fn progress_bar(total: u64, hidden: bool) -> ProgressBar {
 }
 
 /// Connects and reads through the opening replay, acknowledging it.
-pub(super) async fn open(url: &str, token: &str) -> anyhow::Result<Connection> {
+/// Connects, takes the replay of pending messages and acknowledges it.
+/// Returns the connection and the ids the replay brought.
+async fn open(url: &str, token: &str) -> anyhow::Result<(Connection, Vec<MessageId>)> {
     let mut conn = Connection::open(url, token).await?;
     let mut replayed = Vec::new();
     loop {
@@ -278,9 +278,52 @@ pub(super) async fn open(url: &str, token: &str) -> anyhow::Result<Connection> {
         }
     }
     if !replayed.is_empty() {
-        conn.delivery_ack(replayed).await?;
+        conn.delivery_ack(replayed.clone()).await?;
     }
-    Ok(conn)
+    Ok((conn, replayed))
+}
+
+/// Messages acknowledged to their sender but not received live by the end:
+/// each such recipient connects again, and what its replay brings was
+/// `late`; the rest is `lost`.
+async fn recount(
+    outcomes: &[UserOutcome],
+    users: &[BenchUser],
+    urls: &[String],
+    concurrency: usize,
+) -> anyhow::Result<(u64, u64)> {
+    let mut missing = Vec::new();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let sent_to_me = &outcomes[i ^ 1].acked;
+        let unseen: HashSet<MessageId> = sent_to_me
+            .iter()
+            .filter(|id| !outcome.received.contains(id))
+            .copied()
+            .collect();
+        if !unseen.is_empty() {
+            missing.push((i, unseen));
+        }
+    }
+    let checks = futures_util::stream::iter(missing.into_iter().map(|(i, unseen)| {
+        let url = urls[i % urls.len()].clone();
+        let token = users[i].token.clone();
+        async move {
+            let (conn, replayed) = open(&url, &token).await?;
+            let _ = conn.close().await;
+            let late = replayed.iter().filter(|id| unseen.contains(id)).count() as u64;
+            anyhow::Ok((late, unseen.len() as u64 - late))
+        }
+    }))
+    .buffer_unordered(concurrency.max(1))
+    .collect::<Vec<_>>()
+    .await;
+    let (mut late, mut lost) = (0, 0);
+    for check in checks {
+        let (l, x) = check?;
+        late += l;
+        lost += x;
+    }
+    Ok((late, lost))
 }
 
 #[allow(clippy::too_many_arguments)]

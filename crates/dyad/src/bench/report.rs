@@ -70,6 +70,10 @@ pub struct LoadReport {
     pub acked: u64,
     pub received: u64,
     pub delivered: u64,
+    /// Acked, not received live by the end of the run, brought by the
+    /// recipient's replay when it connected again.
+    pub late: u64,
+    /// Acked and never received, not even by that replay.
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
@@ -87,11 +91,12 @@ impl LoadReport {
             self.users, self.target_rate, self.achieved_rate, self.duration_s, self.warmup_s
         );
         println!(
-            "sent {}  acked {}  received {}  delivered {}  lost {}  duplicated {}  out of order {}  disconnects {}",
+            "sent {}  acked {}  received {}  delivered {}  late {}  lost {}  duplicated {}  out of order {}  disconnects {}",
             self.sent,
             self.acked,
             self.received,
             self.delivered,
+            self.late,
             self.lost,
             self.duplicated,
             self.out_of_order,

@@ -62,12 +62,16 @@ async fn nodes(n: usize, redis: &str) -> Vec<TestServer> {
 
 /// One node per Redis URL given (the same Redis, perhaps by different paths).
 async fn nodes_via(redis: &[String]) -> Vec<TestServer> {
-    let url = scratch_postgres().await;
+    nodes_on(&scratch_postgres().await, redis).await
+}
+
+/// Like [`nodes_via`], on the PostgreSQL database at `url`.
+async fn nodes_on(url: &str, redis: &[String]) -> Vec<TestServer> {
     let prefix = prefix();
     let mut nodes = Vec::new();
     for (i, redis) in redis.iter().enumerate() {
         let config = node_config(redis, &prefix, &format!("n{i}"));
-        nodes.push(TestServer::spawn_url("127.0.0.1:0", &url, config).await);
+        nodes.push(TestServer::spawn_url("127.0.0.1:0", url, config).await);
     }
     nodes
 }
@@ -481,6 +485,39 @@ async fn a_redis_restart_loses_no_acked_message_and_nodes_reconnect_by_themselve
         assert!(Instant::now() < deadline, "bob's presence did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_bench_counts_messages_that_arrive_after_the_run_as_late_not_lost() {
+    // Node B hears Redis 200 ms late and the bench waits no grace: what is
+    // sent in the run's last moments reaches B's users after the run. The
+    // bench connects them again, and their replay brings it.
+    let redis = redis_url();
+    let target = redis.trim_start_matches("redis://").trim_end_matches('/');
+    let slow = slow_path(target, Duration::from_millis(200)).await;
+    let url = scratch_postgres().await;
+    let nodes = nodes_on(&url, &[redis.clone(), slow]).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dyad"))
+        .args(["bench", "--nodes", &format!("{},{}", nodes[0].base, nodes[1].base)])
+        .args(["--database", &url, "--users", "20", "--rate", "200"])
+        .args(["--duration", "1s", "--warmup", "200ms", "--grace", "0s", "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (late, lost) = (report["late"].as_u64().unwrap(), report["lost"].as_u64().unwrap());
+    assert!(late > 0, "nothing arrived late: {report}");
+    assert_eq!(lost, 0, "{report}");
+    assert_eq!(report["duplicated"].as_u64(), Some(0), "{report}");
+    assert_eq!(
+        report["received"].as_u64().unwrap() + late,
+        report["acked"].as_u64().unwrap(),
+        "every acked message was received live or late: {report}"
+    );
     for node in nodes {
         node.stop().await;
     }
