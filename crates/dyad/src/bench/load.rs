@@ -264,7 +264,6 @@ fn progress_bar(total: u64, hidden: bool) -> ProgressBar {
     bar
 }
 
-/// Connects and reads through the opening replay, acknowledging it.
 /// Connects, takes the replay of pending messages and acknowledges it.
 /// Returns the connection and the ids the replay brought.
 async fn open(url: &str, token: &str) -> anyhow::Result<(Connection, Vec<MessageId>)> {
@@ -319,9 +318,9 @@ async fn recount(
     .await;
     let (mut late, mut lost) = (0, 0);
     for check in checks {
-        let (l, x) = check?;
-        late += l;
-        lost += x;
+        let (replayed, missing) = check?;
+        late += replayed;
+        lost += missing;
     }
     Ok((late, lost))
 }
@@ -366,10 +365,9 @@ async fn drive(
         tokio::select! {
             () = &mut next_send, if next_k < to_send => {
                 let now = Instant::now();
-                let next_at = schedule.t0 + schedule.at(me, next_k);
                 let at = schedule.at(me, next_k);
                 if schedule.measured(at) {
-                    shared.send_lag.record(now.saturating_duration_since(next_at));
+                    shared.send_lag.record(now.saturating_duration_since(schedule.t0 + at));
                 }
                 let event = ClientEvent::SendMessage(SendMessage {
                     recipient_id: partner,
