@@ -76,6 +76,21 @@ end
 return 0
 ";
 
+/// At a clean shutdown, per user the node served: drops the node's entries
+/// (and expired ones) and, if no connection is left anywhere, lets the
+/// online key live at most the grace period more.
+const LEAVING: &str = r"
+local mine = ARGV[1]
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.sub(member, 1, #mine) == mine then redis.call('ZREM', KEYS[1], member) end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2], 'LT')
+end
+return 0
+";
+
 /// What arrived from another node.
 pub enum Incoming {
     /// `receive_message` for `user`.
@@ -235,6 +250,32 @@ impl Cluster {
             .query_async(&mut self.redis.clone())
             .await?;
         Ok(went == 1)
+    }
+
+    /// This node is stopping cleanly and served `users`, whose connections
+    /// it has closed. Those not connected elsewhere stay online only for
+    /// `grace` (a reconnect to another node inside it is invisible, as
+    /// always), not for the rest of the TTL; watchers elsewhere learn it
+    /// when they next poll.
+    pub async fn leaving(&self, users: &[UserId], grace: Duration) -> Result<(), ClusterError> {
+        let mine = format!("{}/", self.node_id);
+        let grace = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX).max(1);
+        for chunk in users.chunks(512) {
+            let mut pipe = redis::pipe();
+            for user in chunk {
+                pipe.cmd("EVAL")
+                    .arg(LEAVING)
+                    .arg(2)
+                    .arg(self.connections_key(*user))
+                    .arg(self.online_key(*user))
+                    .arg(&mine)
+                    .arg(grace)
+                    .arg(now_ms())
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut self.redis.clone()).await?;
+        }
+        Ok(())
     }
 
     /// Whether `user` is online on any node.

@@ -326,6 +326,17 @@ impl Hub {
         }
     }
 
+    /// At a clean shutdown of a cluster node, once its connections are
+    /// closed: its users' presence in Redis lasts only the grace period
+    /// more, unless they are connected elsewhere (see [`Cluster::leaving`]).
+    pub async fn leave_cluster(&self) {
+        let Some(cluster) = &self.cluster else { return };
+        let users: Vec<UserId> = self.users.iter().map(|entry| *entry.key()).collect();
+        if let Err(e) = cluster.leaving(&users, self.grace).await {
+            tracing::warn!(error = %e, users = users.len(), "could not hand presence back to redis; it expires with its TTL");
+        }
+    }
+
     async fn end_grace(&self, user: UserId, generation: u64, closed_at: i64) {
         let expired = self
             .users

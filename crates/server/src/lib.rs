@@ -179,6 +179,8 @@ pub async fn serve(
     if let Some(heartbeat) = heartbeat {
         heartbeat.abort();
     }
+    // After the heartbeat, which would renew it.
+    app.hub.leave_cluster().await;
     match http.await {
         Ok(result) => result?,
         Err(e) => return Err(ServeError::Startup(e.to_string())),

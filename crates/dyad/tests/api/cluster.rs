@@ -314,6 +314,19 @@ async fn both_sending_at_once_through_different_nodes_keep_seq_gap_free_and_in_o
 
 /// `dyad serve` processes of one cluster.
 async fn node_process(url: &str, redis: &str, prefix: &str, node: &str) -> ServerProcess {
+    node_process_with(url, redis, prefix, node, TTL, Duration::from_millis(300)).await
+}
+
+async fn node_process_with(
+    url: &str,
+    redis: &str,
+    prefix: &str,
+    node: &str,
+    ttl: Duration,
+    grace: Duration,
+) -> ServerProcess {
+    let ttl = format!("{}ms", ttl.as_millis());
+    let grace = format!("{}ms", grace.as_millis());
     ServerProcess::start(&[
         "--database",
         url,
@@ -324,18 +337,16 @@ async fn node_process(url: &str, redis: &str, prefix: &str, node: &str) -> Serve
         "--node-id",
         node,
         "--presence-ttl",
-        "2s",
+        &ttl,
         "--presence-grace",
-        "300ms",
+        &grace,
     ])
     .await
 }
 
-#[tokio::test]
-async fn a_node_killed_with_kill_9_loses_nothing_and_its_users_expire() {
-    let (url, redis, prefix) = (scratch_postgres().await, redis_url(), prefix());
-    let mut a = node_process(&url, &redis, &prefix, "a").await;
-    let b = node_process(&url, &redis, &prefix, "b").await;
+/// Two real nodes: Bob on A, Alice on B watching him (Alice has seen him
+/// online).
+async fn bob_on_a_watched_from_b(a: &ServerProcess, b: &ServerProcess) -> (TestUser, TestConn, TestUser, TestConn) {
     let mut alice = Client::new(&b.base);
     alice.register("alice", PASSWORD).await.unwrap();
     alice.login("alice", PASSWORD).await.unwrap();
@@ -350,10 +361,18 @@ async fn a_node_killed_with_kill_9_loses_nothing_and_its_users_expire() {
         client: bob,
         id: bob_id,
     };
-
     let mut alice_b = watching(&alice, bob.id).await;
-    let mut bob_a = bob.connect().await;
+    let bob_a = bob.connect().await;
     assert_eq!(alice_b.expect_presence().await.status, PresenceStatus::Online);
+    (alice, alice_b, bob, bob_a)
+}
+
+#[tokio::test]
+async fn a_node_killed_with_kill_9_loses_nothing_and_its_users_expire() {
+    let (url, redis, prefix) = (scratch_postgres().await, redis_url(), prefix());
+    let mut a = node_process(&url, &redis, &prefix, "a").await;
+    let b = node_process(&url, &redis, &prefix, "b").await;
+    let (_alice, mut alice_b, bob, mut bob_a) = bob_on_a_watched_from_b(&a, &b).await;
     let first = alice_b.send_and_ack(bob.id, "before the crash", "k1").await;
     assert_eq!(bob_a.expect_message().await.message_id, first.message_id);
 
@@ -374,6 +393,54 @@ async fn a_node_killed_with_kill_9_loses_nothing_and_its_users_expire() {
     let mut bob_b = via(&bob, &b.base).connect_raw().await;
     let replayed: Vec<MessageId> = bob_b.replay().await.iter().map(|m| m.message_id).collect();
     assert_eq!(replayed, vec![first.message_id, second.message_id]);
+    drop(b);
+}
+
+#[tokio::test]
+async fn a_node_stopped_cleanly_leaves_its_users_online_only_for_the_grace_period() {
+    // TTL 9 s, renewed every 3 s: left alone, Bob's presence would outlive
+    // the stop by at least 6 s. Grace 3 s: longer than the stop takes, so
+    // the node exits inside it.
+    let (ttl, grace) = (Duration::from_secs(9), Duration::from_secs(3));
+    let (url, redis, prefix) = (scratch_postgres().await, redis_url(), prefix());
+    let mut a = node_process_with(&url, &redis, &prefix, "a", ttl, grace).await;
+    let b = node_process_with(&url, &redis, &prefix, "b", ttl, grace).await;
+    let (_alice, mut alice_b, bob, mut bob_a) = bob_on_a_watched_from_b(&a, &b).await;
+    let mut redis = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let online_key = format!("{prefix}user:online:{}", bob.id.get());
+    let before: i64 = redis::cmd("PTTL")
+        .arg(&online_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(before > 5_000, "online for {before} ms more before the stop");
+
+    // Bob's client answers the node's close at once, as clients do.
+    let bob_closed = tokio::spawn(async move { bob_a.expect_close().await });
+    a.terminate().await;
+    assert_eq!(bob_closed.await.unwrap(), 1001);
+    let stopped_at = Instant::now();
+    let left: i64 = redis::cmd("PTTL")
+        .arg(&online_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        left <= grace.as_millis() as i64,
+        "online for {left} ms more after the stop"
+    );
+    // Then B's next poll of the users it watches (every 3 s) finds him gone.
+    let offline = until(&mut alice_b, |e| match e {
+        ServerEvent::Presence(p) if p.user_id == bob.id => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(offline.status, PresenceStatus::Offline);
+    assert!(stopped_at.elapsed() < grace + ttl / 3 + Duration::from_secs(2));
     drop(b);
 }
 

@@ -322,6 +322,13 @@ impl ServerProcess {
         ServerProcess { child, base }
     }
 
+    /// SIGTERM (a clean stop), and wait until it is gone.
+    pub async fn terminate(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        tokio::time::timeout(WAIT, self.child.wait()).await.unwrap().unwrap();
+    }
+
     /// kill -9, and wait until it is gone.
     pub async fn kill(&mut self) {
         self.child.start_kill().unwrap();
