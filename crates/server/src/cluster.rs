@@ -10,7 +10,8 @@
 //! dies: its subscriptions die with its socket. (Per-node channels would need
 //! that map, a lookup per message, and cleanup after a crash.) Revoked
 //! sessions go to one channel every node hears, `sessions`: every node may
-//! have the session cached.
+//! have the session cached. A node stopping cleanly says so on another,
+//! `nodes`.
 //!
 //! Every published payload names the process that sent it; a node skips its
 //! own, since it already dispatched them locally.
@@ -103,6 +104,9 @@ pub enum Incoming {
     Revoked(UserId, SessionId),
     /// A presence change of user `0`; `1` says online.
     Presence(UserId, bool, Utf8Bytes),
+    /// A node stopped cleanly; its users not connected elsewhere expire
+    /// after this grace period.
+    NodeLeft(Duration),
 }
 
 enum SubCommand {
@@ -166,6 +170,11 @@ impl Cluster {
     /// caches, and to close the session's sockets wherever they are).
     pub fn sessions_channel(&self) -> String {
         format!("{}sessions", self.prefix)
+    }
+
+    /// The channel every node hears about other nodes: one stopping cleanly.
+    pub fn nodes_channel(&self) -> String {
+        format!("{}nodes", self.prefix)
     }
 
     /// The channel of `user`'s presence changes.
@@ -255,11 +264,12 @@ impl Cluster {
     /// This node is stopping cleanly and served `users`, whose connections
     /// it has closed. Those not connected elsewhere stay online only for
     /// `grace` (a reconnect to another node inside it is invisible, as
-    /// always), not for the rest of the TTL; watchers elsewhere learn it
-    /// when they next poll.
+    /// always), not for the rest of the TTL; the other nodes are told to
+    /// look at the users they watch once it has passed.
     pub async fn leaving(&self, users: &[UserId], grace: Duration) -> Result<(), ClusterError> {
         let mine = format!("{}/", self.node_id);
         let grace = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX).max(1);
+        let notice = self.payload('l', [grace, 0, 0, 0], "");
         for chunk in users.chunks(512) {
             let mut pipe = redis::pipe();
             for user in chunk {
@@ -275,6 +285,12 @@ impl Cluster {
             }
             pipe.query_async::<()>(&mut self.redis.clone()).await?;
         }
+        // Sent here, not through the publishing task: the process ends next.
+        redis::cmd("PUBLISH")
+            .arg(self.nodes_channel())
+            .arg(notice)
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
         Ok(())
     }
 
@@ -350,9 +366,13 @@ impl Cluster {
 
     /// Payload: `kind origin a b c d frame`, tab-separated (JSON frames hold
     /// no raw tabs); the numbers mean what each kind says.
-    fn publish(&self, channel: String, kind: char, [a, b, c, d]: [i64; 4], frame: &str) {
-        let payload = format!("{kind}\t{}\t{a}\t{b}\t{c}\t{d}\t{frame}", self.origin);
-        let _ = self.publish.send((channel, payload));
+    fn publish(&self, channel: String, kind: char, numbers: [i64; 4], frame: &str) {
+        let _ = self.publish.send((channel, self.payload(kind, numbers, frame)));
+    }
+
+    /// `kind`, this process, four numbers and a frame, tab-separated.
+    fn payload(&self, kind: char, [a, b, c, d]: [i64; 4], frame: &str) -> String {
+        format!("{kind}\t{}\t{a}\t{b}\t{c}\t{d}\t{frame}", self.origin)
     }
 
     /// Tells `user`'s devices on other nodes about a message in their
@@ -408,6 +428,7 @@ impl Cluster {
             ("user", "t") => Some(Incoming::Typing(user, Utf8Bytes::from(tail))),
             ("sessions", "r") => Some(Incoming::Revoked(UserId(b), SessionId(a))),
             ("presence", "p") => Some(Incoming::Presence(user, a == 1, Utf8Bytes::from(tail))),
+            ("nodes", "l") => Some(Incoming::NodeLeft(Duration::from_millis(u64::try_from(a).ok()?))),
             _ => None,
         }
     }

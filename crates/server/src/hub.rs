@@ -9,7 +9,7 @@
 //! above it (and arrives live), never both and never neither.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -200,6 +200,8 @@ pub struct Hub {
     committed: AtomicI64,
     next_connection: AtomicI64,
     next_grace: AtomicU64,
+    /// A check of watched users is scheduled (another node stopped).
+    check_pending: AtomicBool,
     grace: Duration,
     store: Arc<dyn MessageStore>,
     metrics: Arc<Metrics>,
@@ -223,6 +225,7 @@ impl Hub {
             committed: AtomicI64::new(committed.get()),
             next_connection: AtomicI64::new(1),
             next_grace: AtomicU64::new(1),
+            check_pending: AtomicBool::new(false),
             grace,
             store,
             metrics,
@@ -604,7 +607,7 @@ impl Hub {
 
 impl Hub {
     /// Hands what another node published to the connections here.
-    pub fn incoming(&self, incoming: Incoming) {
+    pub fn incoming(self: &Arc<Self>, incoming: Incoming) {
         match incoming {
             Incoming::Message(user, message) => self.deliver(user, &message, None),
             Incoming::Delivered(user, notice) => self.deliver_notice(user, &notice),
@@ -613,7 +616,23 @@ impl Hub {
             }
             Incoming::Revoked(user, session) => self.close_session_here(user, session),
             Incoming::Presence(user, is_online, frame) => self.announce_here(user, is_online, &frame),
+            Incoming::NodeLeft(grace) => self.check_watched_after(grace),
         }
+    }
+
+    /// Another node stopped: once its users' grace has passed, tells
+    /// watchers here about those of them who did not come back. One check
+    /// at a time, however many nodes stop.
+    fn check_watched_after(self: &Arc<Self>, grace: Duration) {
+        if self.check_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace + Duration::from_millis(100)).await;
+            hub.check_pending.store(false, Ordering::Release);
+            hub.check_watched().await;
+        });
     }
 
     /// A cluster node's heartbeat: renews the presence of every user
@@ -647,6 +666,14 @@ impl Hub {
                 cluster.disconnected(user, connection).await;
             }
         }
+        self.check_watched().await;
+    }
+
+    /// Tells watchers here of watched users whose presence expired.
+    async fn check_watched(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
         let gone = match cluster.expired_watched().await {
             Ok(gone) => gone,
             Err(e) => return tracing::warn!(error = %e, "could not poll presence in redis"),

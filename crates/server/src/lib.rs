@@ -107,6 +107,7 @@ pub async fn serve(
                 to_hub.incoming(incoming);
             });
             cluster.hold(cluster.sessions_channel()).await;
+            cluster.hold(cluster.nodes_channel()).await;
             // Presence heartbeat: a third of the TTL, so one lost round is harmless.
             let every = (cluster.presence_ttl() / 3).max(Duration::from_millis(200));
             let hub = hub.clone();
