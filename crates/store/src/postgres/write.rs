@@ -11,7 +11,7 @@
 //! failure (possible when two batches create the same conversations) reruns
 //! the whole batch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use dyad_protocol::{MessageId, UserId};
 use sqlx::postgres::PgPool;
@@ -125,14 +125,15 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
     }
     // A send is valid if its conversation exists now (a self-send is refused
     // like an unknown user).
-    let known: HashSet<(i64, i64)> = heads.keys().copied().collect();
-    let valid = |m: &NewMessage| m.sender_id != m.recipient_id && known.contains(&pair(m));
+    let valid = |m: &NewMessage, heads: &HashMap<(i64, i64), Head>| {
+        m.sender_id != m.recipient_id && heads.contains_key(&pair(m))
+    };
 
     // In one round trip: the messages already stored under the keys this
     // batch carries, and fresh ids, one per valid send (a retry leaves its
     // id unused; ids need only grow, and they do, since they are taken under
     // the locks).
-    let valid_sends: Vec<&&NewMessage> = sends.iter().filter(|m| valid(m)).collect();
+    let valid_sends: Vec<&&NewMessage> = sends.iter().filter(|m| valid(m, &heads)).collect();
     let (senders, keys): (Vec<i64>, Vec<i64>) = valid_sends
         .iter()
         .filter_map(|m| m.client_msg_id.as_deref().map(|k| (m.sender_id.get(), client_key(k))))
@@ -168,7 +169,7 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
     let mut outcomes = Vec::with_capacity(sends.len());
     let mut rows = NewRows::default();
     for m in sends {
-        if !valid(m) {
+        if !valid(m, &heads) {
             outcomes.push(WriteOutcome::UnknownRecipient);
             continue;
         }
