@@ -37,6 +37,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::now_ms;
 use crate::outbound::{Kind, Sequenced};
 
+/// Users per Redis pipeline in the per-user sweeps (heartbeat, watched
+/// users, leaving): one round trip each, none too large for Redis to answer
+/// at once.
+const PIPELINE_USERS: usize = 512;
+
 /// How a node joins a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -270,7 +275,7 @@ impl Cluster {
         let mine = format!("{}/", self.node_id);
         let grace = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX).max(1);
         let notice = self.payload('l', [grace, 0, 0, 0], "");
-        for chunk in users.chunks(512) {
+        for chunk in users.chunks(PIPELINE_USERS) {
             let mut pipe = redis::pipe();
             for user in chunk {
                 pipe.cmd("EVAL")
@@ -308,7 +313,7 @@ impl Cluster {
     /// online again now.
     pub async fn refresh(&self, users: &[(UserId, Vec<ConnectionId>)]) -> Result<Vec<UserId>, ClusterError> {
         let mut back = Vec::new();
-        for chunk in users.chunks(512) {
+        for chunk in users.chunks(PIPELINE_USERS) {
             let mut pipe = redis::pipe();
             for (user, members) in chunk {
                 members.iter().for_each(|c| self.add_connect(&mut pipe, *user, *c));
@@ -330,7 +335,7 @@ impl Cluster {
     pub async fn expired_watched(&self) -> Result<Vec<UserId>, ClusterError> {
         let users: Vec<UserId> = self.watched_online.iter().map(|e| *e.key()).collect();
         let mut gone = Vec::new();
-        for chunk in users.chunks(512) {
+        for chunk in users.chunks(PIPELINE_USERS) {
             let mut pipe = redis::pipe();
             chunk.iter().for_each(|u| {
                 pipe.cmd("EXISTS").arg(self.online_key(*u));
