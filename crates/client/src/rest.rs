@@ -30,6 +30,19 @@ impl Client {
         }
     }
 
+    /// A client whose connections all come from the local address `local`
+    /// (tests stand in for different clients with 127.0.0.2, 127.0.0.3, …).
+    pub fn from_address(base_url: &str, local: std::net::IpAddr) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .local_address(local)
+            .build()
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        Ok(Client {
+            http,
+            ..Client::new(base_url)
+        })
+    }
+
     /// The same client, using `token` for its calls.
     pub fn with_token(mut self, token: impl Into<String>, user_id: UserId) -> Self {
         self.token = Some(token.into());

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a chat server (embedded SQLite by default; nothing else to install).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Load-test a server: open-loop message rate, latency percentiles, loss;
     /// or `dyad bench idle` for connection scale.
     Bench(Box<bench::BenchArgs>),
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Serve(args) => runtime.block_on(serve::run(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
         Command::Admin(command) => runtime.block_on(admin::run(command)),
         Command::Term(command) => runtime.block_on(term::run(command)),

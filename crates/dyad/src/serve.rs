@@ -1,12 +1,13 @@
 //! `dyad serve`: flags and environment variables to a running server.
 
 use std::io::IsTerminal;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use dyad_server::Config;
-use dyad_server::config::ClusterConfig;
+use dyad_server::config::{AbuseLimits, ClusterConfig};
 use tracing_subscriber::EnvFilter;
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -70,6 +71,46 @@ pub struct ServeArgs {
     /// (a node that dies takes its users offline after this).
     #[arg(long, env = "DYAD_PRESENCE_TTL", default_value = "5m", value_parser = duration)]
     presence_ttl: Duration,
+    /// The per-address limits (registrations, login attempts, open TCP
+    /// connections, hashing places) and the per-user WebSocket limit: `off`
+    /// for load tests from one address.
+    #[arg(long, env = "DYAD_ABUSE_LIMITS", default_value = "on", value_parser = ["on", "off"])]
+    abuse_limits: String,
+    /// Registrations per source address per hour.
+    #[arg(long, env = "DYAD_REGISTRATIONS_PER_HOUR", default_value_t = 10)]
+    registrations_per_hour: u32,
+    /// Login attempts per source address per minute.
+    #[arg(long, env = "DYAD_LOGINS_PER_MINUTE", default_value_t = 30)]
+    logins_per_minute: u32,
+    /// Open TCP connections per source address.
+    #[arg(long, env = "DYAD_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    connections_per_address: u32,
+    /// Open WebSockets per user.
+    #[arg(long, env = "DYAD_WEBSOCKETS_PER_USER", default_value_t = 32)]
+    websockets_per_user: u32,
+    /// Most TCP connections open at once (default: the open-file limit less
+    /// 256 for the store, its pools and the runtime).
+    #[arg(long, env = "DYAD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Time a client has to send a complete request (and so to finish a
+    /// WebSocket handshake).
+    #[arg(long, env = "DYAD_REQUEST_DEADLINE", default_value = "10s", value_parser = duration)]
+    request_deadline: Duration,
+    /// Time one write to a WebSocket may take before the client counts as a
+    /// slow consumer and its socket is dropped.
+    #[arg(long, env = "DYAD_WRITE_DEADLINE", default_value = "10s", value_parser = duration)]
+    write_deadline: Duration,
+    /// Whether anyone may register (`closed`: accounts are made with `dyad admin user add`).
+    #[arg(long, env = "DYAD_REGISTRATION", default_value = "open", value_parser = ["open", "closed"])]
+    registration: String,
+    /// A reverse proxy in front of the server (repeatable): requests from it
+    /// count against the address its X-Forwarded-For names.
+    #[arg(long = "trusted-proxy", env = "DYAD_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<IpAddr>,
+    /// An origin besides the server's own whose pages may open WebSockets,
+    /// e.g. https://chat.example.com (repeatable).
+    #[arg(long = "allowed-origin", env = "DYAD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
     /// Log filter, e.g. info or dyad_server=debug.
     #[arg(long, env = "DYAD_LOG", default_value = "info")]
     log: String,
@@ -103,6 +144,22 @@ impl ServeArgs {
             ws_buffer_bytes: self.ws_buffer_bytes,
             max_batch: self.max_batch,
             cluster,
+            abuse: AbuseLimits {
+                enabled: self.abuse_limits == "on",
+                registrations_per_hour: self.registrations_per_hour,
+                logins_per_minute: self.logins_per_minute,
+                connections_per_address: self.connections_per_address,
+                websockets_per_user: self.websockets_per_user,
+                ..AbuseLimits::default()
+            },
+            trusted_proxies: self.trusted_proxies.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            registration_open: self.registration == "open",
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(dyad_server::listener::default_max_connections),
+            request_deadline: self.request_deadline,
+            write_deadline: self.write_deadline,
         })
     }
 }

@@ -15,8 +15,16 @@ pub enum ErrorCode {
     UsernameTaken,
     /// Wrong username or password.
     InvalidCredentials,
-    /// Too many failed logins for this username; wait and retry.
+    /// Too many failed logins for this username from this address; wait and retry.
     TooManyAttempts,
+    /// Too many requests of this kind from this address; wait and retry.
+    TooManyRequests,
+    /// Too many open connections (from this address, or of this user).
+    TooManyConnections,
+    /// Registration is closed on this server; an operator adds accounts.
+    RegistrationClosed,
+    /// Not allowed (a WebSocket from a foreign origin).
+    Forbidden,
     /// Missing, unknown, expired or revoked token.
     Unauthorized,
     /// No such user.
@@ -59,6 +67,10 @@ impl ErrorCode {
             ErrorCode::UsernameTaken => "username_taken",
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::RegistrationClosed => "registration_closed",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::UserNotFound => "user_not_found",
             ErrorCode::InvalidParameter => "invalid_parameter",
@@ -92,6 +104,9 @@ mod tests {
     fn wire_names_match_serde() {
         for code in [
             ErrorCode::TooManyAttempts,
+            ErrorCode::TooManyRequests,
+            ErrorCode::TooManyConnections,
+            ErrorCode::RegistrationClosed,
             ErrorCode::RateLimited,
             ErrorCode::UnknownRecipient,
         ] {

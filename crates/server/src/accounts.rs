@@ -1,5 +1,5 @@
-//! Accounts and sessions: registration, login with a per-username throttle,
-//! bearer tokens, logout.
+//! Accounts and sessions: registration, login with a throttle per username
+//! and source address, bearer tokens, logout.
 //!
 //! Live sessions are cached in memory after their first lookup, so most
 //! requests cost no store read to authenticate. A logout removes its session
@@ -9,10 +9,15 @@
 //! revocation (Redis down at that moment) could leave behind.
 //!
 //! Passwords are hashed with argon2id. Hashing is slow on purpose, so it runs
-//! in the blocking pool behind a semaphore: a login flood can take at most one
-//! core, never the cores that carry messages.
+//! in the blocking pool, one hash at a time, behind the fair queue of
+//! [`crate::abuse::hashing`]: a login flood can take at most one core, never
+//! the cores that carry messages, and one address cannot hold the queue. The
+//! per-address limits are checked before a request takes a place in it.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,21 +27,24 @@ use base64::Engine;
 use dashmap::DashMap;
 use dyad_protocol::rest::{SessionCreated, UserCreated};
 use dyad_store::{MessageStore, NewSession, SessionId, SessionRecord, TokenHash};
+use lru::LruCache;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
+use crate::abuse::{AbuseGuard, AddressKey, HashingRefused, HashingSlot, Limit};
 use crate::clock::now_ms;
 use crate::domain::{Password, Username};
 use crate::errors::ApiError;
 
-/// Failed logins allowed per username before the throttle starts.
+/// Failed logins allowed per username and address before the throttle starts.
 const FREE_FAILURES: u32 = 5;
 /// The longest a throttled username must wait.
 const MAX_LOCKOUT: Duration = Duration::from_secs(300);
 /// Failures older than this are forgotten.
 const FAILURE_MEMORY: Duration = Duration::from_secs(900);
-/// Most usernames the throttle tracks at once (bounds its memory).
-const MAX_TRACKED: usize = 100_000;
+/// Most (username, address) pairs the throttle tracks at once; each entry is
+/// a 64-bit key and a count, so this bounds it at a few MB. Past it the pair
+/// seen least recently is forgotten.
+pub const MAX_TRACKED_FAILURES: usize = 100_000;
 /// How long a cached session is trusted without a store read.
 pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most sessions cached at once; past it the cache starts over.
@@ -45,7 +53,7 @@ const MAX_CACHED_SESSIONS: usize = 200_000;
 /// The account service.
 pub struct Accounts {
     store: Arc<dyn MessageStore>,
-    hashing: Semaphore,
+    guard: Arc<AbuseGuard>,
     throttle: LoginThrottle,
     token_ttl: Duration,
     /// Verified against when a username does not exist, so that a missing
@@ -58,33 +66,31 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    /// A service over `store`, issuing tokens that live `token_ttl`.
-    pub fn new(store: Arc<dyn MessageStore>, token_ttl: Duration) -> Result<Self, ApiError> {
+    /// A service over `store`, issuing tokens that live `token_ttl`, under
+    /// the limits of `guard`.
+    pub fn new(store: Arc<dyn MessageStore>, token_ttl: Duration, guard: Arc<AbuseGuard>) -> Result<Self, ApiError> {
         let decoy_hash = hash_password(random_token()?.as_bytes())?;
         Ok(Accounts {
             sessions: DashMap::new(),
             revoked: Mutex::new(HashMap::new()),
             store,
-            hashing: Semaphore::new(1),
-            throttle: LoginThrottle::default(),
+            guard,
+            throttle: LoginThrottle::new(MAX_TRACKED_FAILURES),
             token_ttl,
             decoy_hash,
         })
     }
 
-    /// `POST /api/v1/users`.
-    pub async fn register(&self, username: &str, password: &str) -> Result<UserCreated, ApiError> {
+    /// `POST /api/v1/users`, from `source`.
+    pub async fn register(&self, username: &str, password: &str, source: IpAddr) -> Result<UserCreated, ApiError> {
         let username = Username::parse(username)?;
         let password = Password::parse(password)?;
+        self.guard.registration(source).map_err(ApiError::TooManyRequests)?;
         if self.store.user_by_username(username.as_str()).await?.is_some() {
             return Err(ApiError::UsernameTaken);
         }
         let hash = {
-            let _permit = self
-                .hashing
-                .acquire()
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let _slot = self.hashing_slot(source).await?;
             let pw = password.clone();
             tokio::task::spawn_blocking(move || hash_password(pw.as_bytes()))
                 .await
@@ -99,11 +105,15 @@ impl Accounts {
         })
     }
 
-    /// `POST /api/v1/sessions`.
-    pub async fn login(&self, username: &str, password: &str) -> Result<SessionCreated, ApiError> {
+    /// `POST /api/v1/sessions`, from `source`.
+    pub async fn login(&self, username: &str, password: &str, source: IpAddr) -> Result<SessionCreated, ApiError> {
+        self.guard.login_attempt(source).map_err(ApiError::TooManyRequests)?;
         // Names that cannot exist are refused like wrong passwords, and throttled alike.
-        let key = username.to_ascii_lowercase();
-        self.throttle.check(&key)?;
+        let key = self.throttle.key(username, source);
+        if let Err(e) = self.throttle.check(key) {
+            self.guard.refused(Limit::FailedLogins, source, "");
+            return Err(e);
+        }
         let user = match Username::parse(username) {
             Ok(name) => self.store.user_by_username(name.as_str()).await?,
             Err(_) => None,
@@ -112,21 +122,19 @@ impl Accounts {
             .as_ref()
             .map_or(self.decoy_hash.clone(), |u| u.password_hash.clone());
         let verified = {
-            let _permit = self
-                .hashing
-                .acquire()
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let _slot = self.hashing_slot(source).await?;
             let password = password.to_owned();
             tokio::task::spawn_blocking(move || verify_password(&password, &stored_hash))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?
         };
         let Some(user) = user.filter(|_| verified) else {
-            self.throttle.record_failure(&key);
+            self.throttle.record_failure(key);
+            self.guard.failed_login(source);
+            self.guard.refused(Limit::InvalidCredentials, source, "");
             return Err(ApiError::InvalidCredentials);
         };
-        self.throttle.forget(&key);
+        self.throttle.forget(key);
         let token = random_token()?;
         let now = now_ms();
         let expires_at = now.saturating_add(self.token_ttl.as_millis() as i64);
@@ -144,6 +152,16 @@ impl Accounts {
             token,
             user_id: user.id,
             expires_at,
+        })
+    }
+
+    /// A place in the hashing queue, or `429` at once.
+    async fn hashing_slot(&self, source: IpAddr) -> Result<HashingSlot, ApiError> {
+        self.guard.hashing(source).await.map_err(|refused| {
+            ApiError::TooManyRequests(match refused {
+                HashingRefused::AddressBusy => Duration::from_secs(1),
+                HashingRefused::QueueFull => Duration::from_secs(2),
+            })
         })
     }
 
@@ -237,23 +255,25 @@ fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
-/// Per-username failed-login counter. After [`FREE_FAILURES`] failures each
-/// further attempt must wait twice as long as the last, up to [`MAX_LOCKOUT`].
-/// A successful login clears the count; successful logins are never delayed
-/// unless the name is already locked.
-#[derive(Default)]
+/// Failed logins per (username, source address). After [`FREE_FAILURES`]
+/// failures each further attempt from that address must wait twice as long
+/// as the last, up to [`MAX_LOCKOUT`]; other addresses are not affected, so
+/// nobody can lock a user out from elsewhere. A successful login clears the
+/// count. Keys are keyed hashes of the pair, so an entry is the same few
+/// bytes however long the name a client sends.
 struct LoginThrottle {
-    failures: Mutex<HashMap<String, Failures>>,
+    hasher: RandomState,
+    failures: Mutex<LruCache<u64, Failures>>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
-    last: Instant,
+    last: tokio::time::Instant,
 }
 
 impl Failures {
-    fn locked_until(&self) -> Option<Instant> {
+    fn locked_until(&self) -> Option<tokio::time::Instant> {
         let over = self.count.checked_sub(FREE_FAILURES)?;
         let wait = Duration::from_secs(1u64 << over.min(16)).min(MAX_LOCKOUT);
         Some(self.last + wait)
@@ -261,13 +281,28 @@ impl Failures {
 }
 
 impl LoginThrottle {
-    fn check(&self, key: &str) -> Result<(), ApiError> {
-        let map = self
+    fn new(max_tracked: usize) -> Self {
+        LoginThrottle {
+            hasher: RandomState::new(),
+            failures: Mutex::new(LruCache::new(
+                NonZeroUsize::new(max_tracked).unwrap_or(NonZeroUsize::MIN),
+            )),
+        }
+    }
+
+    /// The throttle's key for a login of `username` from `source`.
+    fn key(&self, username: &str, source: IpAddr) -> u64 {
+        let name = username.to_ascii_lowercase();
+        self.hasher.hash_one((name, AddressKey::of(source)))
+    }
+
+    fn check(&self, key: u64) -> Result<(), ApiError> {
+        let mut map = self
             .failures
             .lock()
             .map_err(|_| ApiError::Internal("throttle lock poisoned".into()))?;
-        if let Some(until) = map.get(key).and_then(Failures::locked_until) {
-            let now = Instant::now();
+        if let Some(until) = map.get(&key).and_then(Failures::locked_until) {
+            let now = tokio::time::Instant::now();
             if until > now {
                 return Err(ApiError::TooManyAttempts(until - now));
             }
@@ -275,16 +310,10 @@ impl LoginThrottle {
         Ok(())
     }
 
-    fn record_failure(&self, key: &str) {
+    fn record_failure(&self, key: u64) {
         let Ok(mut map) = self.failures.lock() else { return };
-        let now = Instant::now();
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
-        }
-        if map.len() >= MAX_TRACKED && !map.contains_key(key) {
-            return;
-        }
-        let entry = map.entry(key.to_owned()).or_insert(Failures { count: 0, last: now });
+        let now = tokio::time::Instant::now();
+        let entry = map.get_or_insert_mut(key, || Failures { count: 0, last: now });
         if now.duration_since(entry.last) >= FAILURE_MEMORY {
             entry.count = 0;
         }
@@ -292,10 +321,15 @@ impl LoginThrottle {
         entry.last = now;
     }
 
-    fn forget(&self, key: &str) {
+    fn forget(&self, key: u64) {
         if let Ok(mut map) = self.failures.lock() {
-            map.remove(key);
+            map.pop(&key);
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.failures.lock().map_or(0, |m| m.len())
     }
 }
 
@@ -303,17 +337,34 @@ impl LoginThrottle {
 mod tests {
     use super::*;
 
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, last))
+    }
+
     #[test]
     fn throttle_starts_after_the_free_failures_and_a_success_clears_it() {
-        let t = LoginThrottle::default();
+        let t = LoginThrottle::new(100);
+        let bob = t.key("bob", ip(2));
         for _ in 0..FREE_FAILURES {
-            assert!(t.check("bob").is_ok());
-            t.record_failure("bob");
+            assert!(t.check(bob).is_ok());
+            t.record_failure(bob);
         }
-        assert!(matches!(t.check("bob"), Err(ApiError::TooManyAttempts(_))));
-        assert!(t.check("alice").is_ok(), "other names are not affected");
-        t.forget("bob");
-        assert!(t.check("bob").is_ok());
+        assert!(matches!(t.check(bob), Err(ApiError::TooManyAttempts(_))));
+        assert_eq!(t.key("BOB", ip(2)), bob, "names compare case-insensitively");
+        assert!(t.check(t.key("alice", ip(2))).is_ok(), "other names are not affected");
+        assert!(t.check(t.key("bob", ip(3))).is_ok(), "nor the same name from elsewhere");
+        t.forget(bob);
+        assert!(t.check(bob).is_ok());
+    }
+
+    #[test]
+    fn throttle_memory_is_bounded_however_many_and_long_the_names() {
+        let t = LoginThrottle::new(1000);
+        let long = "x".repeat(1 << 16);
+        for i in 0..3000u32 {
+            t.record_failure(t.key(&format!("{long}{i}"), ip(2)));
+        }
+        assert_eq!(t.len(), 1000);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The server's settings. The binary fills them from flags and environment
 //! variables; tests build them directly.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
+pub use crate::abuse::AbuseLimits;
 pub use crate::cluster::ClusterConfig;
 
 /// Everything a running server can be told.
@@ -30,6 +32,21 @@ pub struct Config {
     pub max_batch: usize,
     /// Cluster membership (Redis); `None` runs the node alone.
     pub cluster: Option<ClusterConfig>,
+    /// Per-address and per-user limits.
+    pub abuse: AbuseLimits,
+    /// Reverse proxies whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Origins besides the server's own whose pages may open WebSockets.
+    pub allowed_origins: Vec<String>,
+    /// Whether anyone may register (`POST /api/v1/users`).
+    pub registration_open: bool,
+    /// Most TCP connections open at once.
+    pub max_connections: usize,
+    /// Time a connection has to send a complete request (head and body).
+    pub request_deadline: Duration,
+    /// Time one write to a WebSocket may take before the client counts as
+    /// a slow consumer and its socket is dropped.
+    pub write_deadline: Duration,
 }
 
 impl Default for Config {
@@ -46,6 +63,13 @@ impl Default for Config {
             ws_buffer_bytes: 1024,
             max_batch: 1024,
             cluster: None,
+            abuse: AbuseLimits::default(),
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            registration_open: true,
+            max_connections: crate::listener::default_max_connections(),
+            request_deadline: Duration::from_secs(10),
+            write_deadline: Duration::from_secs(10),
         }
     }
 }

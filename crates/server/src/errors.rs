@@ -30,8 +30,20 @@ pub enum ApiError {
     #[error("wrong username or password")]
     InvalidCredentials,
     /// Login throttle.
-    #[error("too many failed logins for this username; retry in {} s", .0.as_secs().max(1))]
+    #[error("too many failed logins for this username; retry in {} s", retry_secs(.0))]
     TooManyAttempts(Duration),
+    /// A per-address limit (registrations, login attempts, the hashing queue).
+    #[error("too many requests from your address; retry in {} s", retry_secs(.0))]
+    TooManyRequests(Duration),
+    /// Too many open connections (a user's WebSockets).
+    #[error("too many open connections; close one or retry in {} s", retry_secs(.0))]
+    TooManyConnections(Duration),
+    /// `--registration closed`.
+    #[error("registration is closed on this server; ask its operator for an account")]
+    RegistrationClosed,
+    /// A WebSocket upgrade from an origin that is not allowed.
+    #[error("WebSocket connections from this origin are not allowed")]
+    ForbiddenOrigin,
     /// No valid token.
     #[error("missing, unknown, expired or revoked token")]
     Unauthorized,
@@ -64,6 +76,10 @@ impl ApiError {
             ApiError::UsernameTaken => ErrorCode::UsernameTaken,
             ApiError::InvalidCredentials => ErrorCode::InvalidCredentials,
             ApiError::TooManyAttempts(_) => ErrorCode::TooManyAttempts,
+            ApiError::TooManyRequests(_) => ErrorCode::TooManyRequests,
+            ApiError::TooManyConnections(_) => ErrorCode::TooManyConnections,
+            ApiError::RegistrationClosed => ErrorCode::RegistrationClosed,
+            ApiError::ForbiddenOrigin => ErrorCode::Forbidden,
             ApiError::Unauthorized => ErrorCode::Unauthorized,
             ApiError::UserNotFound => ErrorCode::UserNotFound,
             ApiError::InvalidParameter(_) => ErrorCode::InvalidParameter,
@@ -82,12 +98,20 @@ impl ApiError {
             | ApiError::InvalidBody(_) => StatusCode::BAD_REQUEST,
             ApiError::UsernameTaken => StatusCode::CONFLICT,
             ApiError::InvalidCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyAttempts(_) | ApiError::TooManyRequests(_) | ApiError::TooManyConnections(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::RegistrationClosed | ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
             ApiError::UserNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+}
+
+/// Whole seconds to wait, rounded up, at least 1 (`Retry-After`).
+fn retry_secs(wait: &Duration) -> u64 {
+    wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl From<StoreError> for ApiError {
@@ -124,11 +148,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if let ApiError::TooManyAttempts(wait) = self {
-            let secs = wait.as_secs().max(1);
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let ApiError::TooManyAttempts(wait) | ApiError::TooManyRequests(wait) | ApiError::TooManyConnections(wait) =
+            self
+            && let Ok(v) = HeaderValue::from_str(&retry_secs(&wait).to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
         }
         response
     }

@@ -1,22 +1,19 @@
 //! Flood control: a token bucket per user, shared by all of the user's
 //! connections. Only `send_message` draws from it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use dyad_protocol::UserId;
+use tokio::time::Instant;
+
+use crate::abuse::buckets::Bucket;
 
 /// The buckets of every user who sent recently.
 pub struct FloodControl {
     per_second: f64,
     burst: f64,
     buckets: DashMap<UserId, Bucket>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
 }
 
 impl FloodControl {
@@ -35,19 +32,10 @@ impl FloodControl {
             return Ok(());
         }
         let now = Instant::now();
-        let mut bucket = self.buckets.entry(user).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        let refill = now.duration_since(bucket.at).as_secs_f64() * self.per_second;
-        bucket.tokens = (bucket.tokens + refill).min(self.burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second))
-        }
+        self.buckets
+            .entry(user)
+            .or_insert(Bucket::full(self.burst, now))
+            .take(now, self.per_second, self.burst)
     }
 
     /// Forgets buckets that have refilled: a full bucket and no bucket are the same.

@@ -75,6 +75,18 @@ impl CloseReason {
         reason: "frame too large",
         drain: false,
     };
+    /// A text frame that is not UTF-8.
+    pub const INVALID_UTF8: CloseReason = CloseReason {
+        code: 1007,
+        reason: "text frame is not UTF-8",
+        drain: false,
+    };
+    /// A WebSocket protocol violation (reserved bits or opcodes, bad framing).
+    pub const PROTOCOL_ERROR: CloseReason = CloseReason {
+        code: 1002,
+        reason: "protocol violation",
+        drain: false,
+    };
     /// The store failed while replaying.
     pub const INTERNAL: CloseReason = CloseReason {
         code: 1011,
@@ -126,15 +138,19 @@ impl Peer {
     pub fn send(&self, item: Outbound) {
         match self.outbound.try_send(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.close_reason.get().is_none() {
-                    self.metrics.slow_consumers.inc();
-                    tracing::warn!(connection = %self.id, user_id = %self.user_id, "slow consumer disconnected");
-                }
-                self.close(CloseReason::SLOW_CONSUMER);
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.slow_consumer(),
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Closes it for falling behind (a full queue, or a write past its
+    /// deadline); what it missed stays pending in the store.
+    pub fn slow_consumer(&self) {
+        if self.close_reason.get().is_none() {
+            self.metrics.slow_consumers.inc();
+            tracing::warn!(connection = %self.id, user_id = %self.user_id, "slow consumer disconnected");
+        }
+        self.close(CloseReason::SLOW_CONSUMER);
     }
 
     /// Asks the connection to close; the first reason given wins.

@@ -5,6 +5,7 @@
 //! ([`committer`]) and the hub of live connections and presence ([`hub`]).
 #![warn(missing_docs)]
 
+pub mod abuse;
 pub mod accounts;
 pub mod clock;
 pub mod cluster;
@@ -16,6 +17,7 @@ pub mod errors;
 pub mod flood;
 mod gateway;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod outbound;
 
@@ -23,7 +25,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use dyad_store::{MessageStore, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
+use abuse::AbuseGuard;
 use accounts::Accounts;
 use cluster::Incoming;
 use committer::GroupCommit;
@@ -46,6 +48,7 @@ pub(crate) struct App {
     config: Config,
     store: Arc<dyn MessageStore>,
     accounts: Arc<Accounts>,
+    guard: Arc<AbuseGuard>,
     hub: Arc<Hub>,
     commits: GroupCommit,
     flood: FloodControl,
@@ -95,8 +98,11 @@ pub async fn serve(
         cluster.as_ref().map(|(c, _)| c.clone()),
     ));
     let (commits, commit_task) = GroupCommit::start(store.clone(), hub.clone(), metrics.clone(), config.max_batch);
-    let accounts =
-        Arc::new(Accounts::new(store.clone(), config.token_ttl).map_err(|e| ServeError::Startup(e.to_string()))?);
+    let guard = Arc::new(AbuseGuard::new(config.abuse.clone(), metrics.refused.clone()));
+    let accounts = Arc::new(
+        Accounts::new(store.clone(), config.token_ttl, guard.clone())
+            .map_err(|e| ServeError::Startup(e.to_string()))?,
+    );
     let heartbeat = match cluster {
         Some((cluster, tasks)) => {
             let (to_hub, to_accounts) = (hub.clone(), accounts.clone());
@@ -126,6 +132,7 @@ pub async fn serve(
         config,
         store,
         accounts,
+        guard,
         hub,
         commits,
         metrics,
@@ -148,19 +155,21 @@ pub async fn serve(
     });
 
     let stop = app.shutdown.clone();
-    // Chat frames are small and latency-bound: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.cancel();
     });
-    let http = axum::serve(listener, gateway::router(app.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop.cancel();
-        })
-        .into_future();
-    let http = tokio::spawn(http);
+    let http = tokio::spawn(
+        listener::Listener {
+            tcp: listener,
+            router: gateway::router(app.clone()),
+            guard: app.guard.clone(),
+            metrics: app.metrics.clone(),
+            max_connections: app.config.max_connections,
+            request_deadline: app.config.request_deadline,
+        }
+        .run(app.shutdown.clone(), CLOSE_WAIT),
+    );
     app.shutdown.cancelled().await;
     tracing::info!("shutting down: finishing writes in flight");
     app.hub.stop_reading_all();
@@ -182,9 +191,8 @@ pub async fn serve(
     }
     // After the heartbeat, which would renew it.
     app.hub.leave_cluster().await;
-    match http.await {
-        Ok(result) => result?,
-        Err(e) => return Err(ServeError::Startup(e.to_string())),
+    if let Err(e) = http.await {
+        return Err(ServeError::Startup(e.to_string()));
     }
     drop(app);
     let _ = commit_task.await;

@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -31,6 +32,10 @@ pub struct Metrics {
     pub refused_frames: Counter,
     /// Cluster connections that read missing messages from the store.
     pub gap_fills: Counter,
+    /// Open TCP connections (HTTP and WebSocket).
+    pub tcp_connections: Gauge,
+    /// Requests and connections refused by an abuse limit, by limit.
+    pub refused: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl Default for Metrics {
@@ -48,6 +53,8 @@ impl Default for Metrics {
             slow_consumers: Counter::default(),
             refused_frames: Counter::default(),
             gap_fills: Counter::default(),
+            tcp_connections: Gauge::default(),
+            refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register("messages_stored", "Messages newly stored", m.messages_stored.clone());
@@ -92,6 +99,16 @@ impl Default for Metrics {
             "gap_fills",
             "Times a cluster connection read messages missing from pub/sub from the store",
             m.gap_fills.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "Open TCP connections, HTTP and WebSocket",
+            m.tcp_connections.clone(),
+        );
+        registry.register(
+            "refused",
+            "Requests and connections refused by an abuse limit, by limit",
+            m.refused.clone(),
         );
         Metrics { registry, ..m }
     }

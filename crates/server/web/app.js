@@ -153,7 +153,8 @@ function connect() {
   if (!state.session) return;
   clearTimeout(state.reconnectTimer);
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${scheme}//${location.host}${API}/ws?token=${encodeURIComponent(state.session.token)}`);
+  // The token rides as a subprotocol, not in the URL, which logs keep.
+  const ws = new WebSocket(`${scheme}//${location.host}${API}/ws`, ["dyad.v1", `bearer.${state.session.token}`]);
   state.ws = ws;
   state.link = "connecting";
   let opened = false;

@@ -1,4 +1,5 @@
-//! The SQLite driver keeps its write-ahead log bounded under steady writes.
+//! The SQLite driver's files: its write-ahead log stays bounded under steady
+//! writes, and every file is readable by its owner only.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use dyad_protocol::UserId;
@@ -37,4 +38,23 @@ async fn the_wal_stays_bounded_under_steady_writes() {
         "WAL grew to {} MiB",
         largest / (1024 * 1024)
     );
+}
+
+#[tokio::test]
+async fn the_data_folder_and_its_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("dyad.db");
+    let store = dyad_store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    store.create_user("alice", "h", 0).await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("data")), 0o700);
+    for name in ["dyad.db", "dyad.db-wal", "dyad.db-shm"] {
+        assert_eq!(mode(&dir.path().join("data").join(name)), 0o600, "{name}");
+    }
+    drop(store);
+    // A file left readable by an older version is made owner-only on open.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _store = dyad_store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    assert_eq!(mode(&path), 0o600);
 }

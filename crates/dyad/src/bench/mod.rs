@@ -152,6 +152,9 @@ async fn spawn_server(database: &str, extra: &[String]) -> anyhow::Result<(Child
             "127.0.0.1:0",
             "--rate-limit",
             "0",
+            // Every simulated user connects from this one address.
+            "--abuse-limits",
+            "off",
             "--log",
             "warn",
             "--database",

@@ -8,6 +8,7 @@ use dyad_client::protocol::events::{ErrorEvent, PresenceView};
 use dyad_client::protocol::{ErrorCode, MessageId, MessageView, ServerEvent, UserId};
 use dyad_client::{Client, ClientError, Connection};
 use dyad_server::Config;
+use dyad_server::config::AbuseLimits;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -15,9 +16,12 @@ use tokio::task::JoinHandle;
 pub const WAIT: Duration = Duration::from_secs(10);
 pub const PASSWORD: &str = "correct horse";
 
+/// Every test client connects from 127.0.0.1, so the per-address limits
+/// are off but in the abuse tests, which turn them on.
 pub fn test_config() -> Config {
     Config {
         presence_grace: Duration::from_millis(400),
+        abuse: AbuseLimits::off(),
         ..Config::default()
     }
 }
@@ -300,11 +304,18 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `dyad serve` with `args` after the defaults (port 0, no flood
-    /// control, warnings only) and waits until it answers `/healthz`.
+    /// control, no abuse limits, warnings only) and waits until it answers
+    /// `/healthz`.
     pub async fn start(args: &[&str]) -> ServerProcess {
+        Self::start_with(&["--rate-limit", "0", "--abuse-limits", "off", "--log", "warn"], args).await
+    }
+
+    /// Starts `dyad serve` on port 0 with `defaults` then `args`.
+    pub async fn start_with(defaults: &[&str], args: &[&str]) -> ServerProcess {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dyad"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--log", "warn"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(defaults)
             .args(args)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)

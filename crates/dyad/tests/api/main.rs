@@ -3,6 +3,7 @@
 //! per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod abuse;
 mod accounts;
 mod bench;
 mod browser;

@@ -7,10 +7,12 @@ mod rest;
 mod web;
 mod ws;
 
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::FromRequestParts;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -18,7 +20,12 @@ use axum::routing::{delete, get, post};
 use dyad_store::SessionRecord;
 
 use crate::App;
+use crate::abuse::source_address;
 use crate::errors::ApiError;
+use crate::listener::TcpPeer;
+
+/// The largest request body any route takes (credentials, mostly).
+const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Every route the server answers.
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -38,6 +45,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
 
@@ -58,5 +66,25 @@ impl FromRequestParts<Arc<App>> for Authed {
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         Ok(Authed(app.accounts.authenticate(token).await?))
+    }
+}
+
+/// The client's address: the TCP peer's, or behind a trusted proxy the
+/// address it forwards for (see [`source_address`]).
+pub(crate) struct Source(pub IpAddr);
+
+impl FromRequestParts<Arc<App>> for Source {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Infallible> {
+        let peer = parts
+            .extensions
+            .get::<TcpPeer>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+        Ok(Source(source_address(
+            peer,
+            &parts.headers,
+            &app.config.trusted_proxies,
+        )))
     }
 }

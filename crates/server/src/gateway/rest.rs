@@ -14,8 +14,9 @@ use dyad_protocol::rest::{
 };
 use dyad_store::PageRequest;
 
-use super::Authed;
+use super::{Authed, Source};
 use crate::App;
+use crate::abuse::Limit;
 use crate::domain::Username;
 use crate::errors::ApiError;
 
@@ -28,24 +29,30 @@ fn credentials(body: Result<Json<Credentials>, JsonRejection>) -> Result<Credent
 /// `POST /api/v1/users`: register.
 pub(crate) async fn register(
     State(app): State<Arc<App>>,
+    Source(source): Source,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<(StatusCode, Json<UserCreated>), ApiError> {
+    if !app.config.registration_open {
+        app.guard.refused(Limit::RegistrationClosed, source, "");
+        return Err(ApiError::RegistrationClosed);
+    }
     let c = credentials(body)?;
     Ok((
         StatusCode::CREATED,
-        Json(app.accounts.register(&c.username, &c.password).await?),
+        Json(app.accounts.register(&c.username, &c.password, source).await?),
     ))
 }
 
 /// `POST /api/v1/sessions`: log in.
 pub(crate) async fn login(
     State(app): State<Arc<App>>,
+    Source(source): Source,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SessionCreated>), ApiError> {
     let c = credentials(body)?;
     Ok((
         StatusCode::CREATED,
-        Json(app.accounts.login(&c.username, &c.password).await?),
+        Json(app.accounts.login(&c.username, &c.password, source).await?),
     ))
 }
 

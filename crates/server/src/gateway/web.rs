@@ -8,10 +8,11 @@ const INDEX_HTML: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
 const APP_CSS: &str = include_str!("../../web/app.css");
 
-/// Scripts, styles and connections only from this server: a message that
-/// somehow reached the page as HTML still could not run code.
+/// Scripts, styles and connections only from this server (`'self'` covers
+/// its own `ws:`/`wss:` too): a message that somehow reached the page as HTML
+/// still could not run code, nor talk to another host.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; \
+     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
 type Headers = [(HeaderName, &'static str); 5];

@@ -7,6 +7,7 @@
 //! services. Either ending ends the session.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,6 +18,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
+use axum::http::header::{HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use axum::response::{IntoResponse, Response};
 use dyad_protocol::events::{ErrorEvent, SendMessage};
 use dyad_protocol::{ErrorCode, MessageId, ServerEvent, UserId};
@@ -27,9 +29,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
+use tokio_util::sync::WaitForCancellationFuture;
 
-use super::bearer;
+use super::{Source, bearer};
 use crate::App;
+use crate::abuse::Limit;
 use crate::clock::now_ms;
 use crate::codec::{decode_data, decode_envelope, encode};
 use crate::committer::{Submission, error_frame};
@@ -52,16 +56,28 @@ const WRITE_BATCH: usize = 64;
 /// instead of getting an `error` event.
 const HARD_FRAME_FACTOR: usize = 4;
 
-/// `GET /api/v1/ws`: authenticates, then upgrades. A bad token gets `401`
-/// before any upgrade.
+/// `GET /api/v1/ws`: checks the origin, authenticates, then upgrades. A
+/// foreign origin gets `403`, a bad token `401`, and a user with all the
+/// WebSockets allowed open `429`, all before any upgrade.
 pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
+    Source(source): Source,
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if !origin_allowed(&headers, &app.config.allowed_origins) {
+        let origin = headers.get(ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or("?");
+        app.guard
+            .refused(Limit::Origin, source, &origin.chars().take(200).collect::<String>());
+        return ApiError::ForbiddenOrigin.into_response();
+    }
     let query_token = query.ok().and_then(|Query(q)| q.get("token").cloned());
-    let Some(token) = bearer(&headers).map(str::to_owned).or(query_token) else {
+    let Some(token) = bearer(&headers)
+        .or_else(|| subprotocol_token(&headers))
+        .map(str::to_owned)
+        .or(query_token)
+    else {
         return ApiError::Unauthorized.into_response();
     };
     let session = match app.accounts.authenticate_once(&token).await {
@@ -72,16 +88,60 @@ pub(crate) async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
+    let Some(socket_permit) = app.guard.websocket(session.user_id, source) else {
+        return ApiError::TooManyConnections(Duration::from_secs(10)).into_response();
+    };
     if app.shutdown.is_cancelled() {
         return ApiError::Unavailable(dyad_store::StoreError::Closed).into_response();
     }
     let hard_limit = app.config.max_frame_bytes.saturating_mul(HARD_FRAME_FACTOR);
     let tracker = app.connections.clone();
-    ws.read_buffer_size(app.config.ws_buffer_bytes)
+    ws.protocols([SUBPROTOCOL])
+        .read_buffer_size(app.config.ws_buffer_bytes)
         .write_buffer_size(app.config.ws_buffer_bytes)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| tracker.track_future(session_main(socket, app, session)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                session_main(socket, app, session).await;
+                drop(socket_permit);
+            })
+        })
+}
+
+/// The subprotocol a browser offers along with `bearer.<token>` (browsers
+/// cannot set headers on a WebSocket, and a token in the URL ends up in logs).
+const SUBPROTOCOL: &str = "dyad.v1";
+
+/// The token offered as a `bearer.<token>` subprotocol, if any.
+fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("bearer."))
+}
+
+/// Whether a WebSocket upgrade may come from the page that asked: no
+/// `Origin` (not a browser), the server's own origin (same host and port as
+/// the request's `Host`), or one listed with `--allowed-origin`.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    let origin = origin.trim().trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return false;
+    };
+    let own_host = headers.get(HOST).and_then(|h| h.to_str().ok());
+    matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https")
+        && own_host.is_some_and(|h| h.eq_ignore_ascii_case(host))
 }
 
 /// Milliseconds since the session started, for the silence check.
@@ -124,12 +184,12 @@ async fn session_main(socket: WebSocket, app: Arc<App>, session: SessionRecord) 
         at: AtomicI64::new(0),
     };
     let (sink, mut stream) = socket.split();
-    tokio::select! {
-        () = write_loop(sink, rx, &peer, &app, &heard, cursors) => {}
-        () = read_loop(&mut stream, &peer, &app, &heard) => {}
-    }
+    let sent_close = tokio::select! {
+        sent = write_loop(sink, rx, &peer, &app, &heard, cursors) => sent,
+        () = read_loop(&mut stream, &peer, &app, &heard) => false,
+    };
     app.hub.unregister(&peer);
-    if peer.close_reason().is_some() {
+    if sent_close {
         // We sent a close frame: read (and drop) until the client's close
         // answers it, so that unread input does not make the kernel reset the
         // connection and discard what we sent last.
@@ -147,6 +207,12 @@ async fn session_main(socket: WebSocket, app: Arc<App>, session: SessionRecord) 
 
 type Sink = SplitSink<WebSocket, Message>;
 
+/// Writes frames until the connection ends; true if it ended by sending a
+/// close frame (so the client's answer is worth waiting for). Every write
+/// has the write deadline, and a write blocked on a client that does not
+/// read is given up as soon as the connection is asked to close, so the
+/// socket of a slow consumer is freed within the write deadline: half of it
+/// to take the close frame, then [`CLOSE_HANDSHAKE`] for the answer.
 async fn write_loop(
     mut sink: Sink,
     mut rx: mpsc::Receiver<Outbound>,
@@ -154,53 +220,43 @@ async fn write_loop(
     app: &App,
     heard: &LastHeard,
     mut cursors: Option<Cursors>,
-) {
+) -> bool {
+    let within = app.config.write_deadline;
     let connected = ServerEvent::Connected {
         user_id: peer.user_id,
         connection_id: peer.id,
         heartbeat_interval_ms: app.config.heartbeat_interval.as_millis() as u64,
         server_time: now_ms(),
     };
-    if sink.send(Message::Text(encode(&connected))).await.is_err() {
-        return;
-    }
-    // Boxed for the same reason as the frame handler: it runs once.
-    if Box::pin(replay(&mut sink, peer, app, cursors.as_ref())).await.is_err() {
-        return;
+    // Made once: a fresh cancellation future per frame costs a lock each time.
+    let closing = peer.closing().cancelled();
+    tokio::pin!(closing);
+    let opening = async {
+        timed(within, sink.send(Message::Text(encode(&connected)))).await?;
+        // Boxed for the same reason as the frame handler: it runs once.
+        Box::pin(replay(&mut sink, peer, app, cursors.as_ref())).await
+    };
+    match write_unless_closing(opening, peer, closing.as_mut()).await {
+        Written::Done => {}
+        Written::Closing => return close(&mut sink, &mut rx, peer, within).await,
+        Written::Dead => return false,
     }
     let mut ready = Vec::new();
     let beat = app.config.heartbeat_interval.max(Duration::from_millis(10));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
-    // Made once: a fresh cancellation future per frame costs a lock each time.
-    let closing = peer.closing().cancelled();
-    tokio::pin!(closing);
     loop {
         let gap_deadline = cursors.as_ref().and_then(Cursors::deadline);
-        tokio::select! {
+        let written = tokio::select! {
             biased;
-            () = &mut closing => {
-                let reason = peer.close_reason().unwrap_or(CloseReason::SHUTDOWN);
-                if reason.drain {
-                    while let Ok(item) = rx.try_recv() {
-                        if sink.feed(Message::Text(item.into_frame())).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                let close = CloseFrame { code: reason.code, reason: reason.reason.into() };
-                let _ = sink.send(Message::Close(Some(close))).await;
-                return;
-            }
+            () = &mut closing => Written::Closing,
             item = rx.recv() => {
-                let Some(item) = item else { return };
+                let Some(item) = item else { return false };
                 take(&mut cursors, item, peer, &mut ready);
                 for _ in 1..WRITE_BATCH {
                     let Ok(item) = rx.try_recv() else { break };
                     take(&mut cursors, item, peer, &mut ready);
                 }
-                if write_all(&mut sink, &mut ready).await.is_err() {
-                    return;
-                }
+                write_unless_closing(write_all(&mut sink, &mut ready, within), peer, closing.as_mut()).await
             }
             // Boxed, and only made while a message is held: every idle
             // connection's task would otherwise carry a timer and the fill.
@@ -208,20 +264,111 @@ async fn write_loop(
                 if let Some(cursors) = cursors.as_mut() {
                     Box::pin(fill_gaps(cursors, peer, app, &mut ready)).await;
                 }
-                if write_all(&mut sink, &mut ready).await.is_err() {
-                    return;
-                }
+                write_unless_closing(write_all(&mut sink, &mut ready, within), peer, closing.as_mut()).await
             }
             _ = heartbeat.tick() => {
                 if heard.silent_for() > beat * 2 {
                     peer.close(CloseReason::HEARTBEAT_TIMEOUT);
+                    Written::Closing
                 } else if peer.session.expires_at <= now_ms() {
                     peer.close(CloseReason::EXPIRED);
-                } else if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+                    Written::Closing
+                } else {
+                    let ping = timed(within, sink.send(Message::Ping(Default::default())));
+                    write_unless_closing(ping, peer, closing.as_mut()).await
                 }
             }
+        };
+        match written {
+            Written::Done => {}
+            Written::Closing => return close(&mut sink, &mut rx, peer, within).await,
+            Written::Dead => return false,
         }
+    }
+}
+
+/// Sends the close frame (after what is queued, if the reason drains);
+/// true if the client took it.
+async fn close(sink: &mut Sink, rx: &mut mpsc::Receiver<Outbound>, peer: &Peer, within: Duration) -> bool {
+    let reason = peer.close_reason().unwrap_or(CloseReason::SHUTDOWN);
+    if reason.drain {
+        while let Ok(item) = rx.try_recv() {
+            if timed(within, sink.feed(Message::Text(item.into_frame())))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+    let close = CloseFrame {
+        code: reason.code,
+        reason: reason.reason.into(),
+    };
+    timed(within / 2, sink.send(Message::Close(Some(close)))).await.is_ok()
+}
+
+/// How a write ended.
+enum Written {
+    /// It completed.
+    Done,
+    /// The connection was asked to close: send the close frame.
+    Closing,
+    /// The socket is done for (broken, or the client took nothing for the
+    /// whole write deadline): drop it.
+    Dead,
+}
+
+/// Runs `write` to its end, unless the connection is asked to close without
+/// draining while it is still blocked. Giving up a blocked write loses no
+/// framing: the WebSocket layer has the whole frame in its buffer, and the
+/// close frame goes after it.
+async fn write_unless_closing(
+    write: impl Future<Output = Result<(), WriteFailed>>,
+    peer: &Peer,
+    mut closing: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> Written {
+    tokio::pin!(write);
+    let mut checked = false;
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut write => {
+                return match result {
+                    Ok(()) => Written::Done,
+                    Err(WriteFailed::Deadline) => {
+                        peer.slow_consumer();
+                        Written::Dead
+                    }
+                    Err(WriteFailed::Socket) => Written::Dead,
+                };
+            }
+            () = closing.as_mut(), if !checked => {
+                // Shutdown drains; any other reason does not wait for a
+                // client that does not read.
+                if !peer.close_reason().is_some_and(|r| r.drain) {
+                    return Written::Closing;
+                }
+                checked = true;
+            }
+        }
+    }
+}
+
+/// Why a write to the socket did not complete.
+enum WriteFailed {
+    /// The socket is broken.
+    Socket,
+    /// The client did not take the frames within the write deadline.
+    Deadline,
+}
+
+/// One write under a deadline.
+async fn timed(within: Duration, write: impl Future<Output = Result<(), axum::Error>>) -> Result<(), WriteFailed> {
+    match tokio::time::timeout(within, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteFailed::Socket),
+        Err(_) => Err(WriteFailed::Deadline),
     }
 }
 
@@ -233,14 +380,14 @@ fn take(cursors: &mut Option<Cursors>, item: Outbound, peer: &Peer, ready: &mut 
     }
 }
 
-async fn write_all(sink: &mut Sink, ready: &mut Vec<Utf8Bytes>) -> Result<(), ()> {
+async fn write_all(sink: &mut Sink, ready: &mut Vec<Utf8Bytes>, within: Duration) -> Result<(), WriteFailed> {
     if ready.is_empty() {
         return Ok(());
     }
     for frame in ready.drain(..) {
-        sink.feed(Message::Text(frame)).await.map_err(|_| ())?;
+        timed(within, sink.feed(Message::Text(frame))).await?;
     }
-    sink.flush().await.map_err(|_| ())
+    timed(within, sink.flush()).await
 }
 
 /// Resolves when a held message has waited long enough.
@@ -292,7 +439,8 @@ async fn fill_gaps(cursors: &mut Cursors, peer: &Peer, app: &App, ready: &mut Ve
 
 /// Sends every undelivered message up to `replay_upto` (on a cluster node:
 /// up to each conversation's mark), oldest first, then `pending_complete`.
-async fn replay(sink: &mut Sink, peer: &Peer, app: &App, cursors: Option<&Cursors>) -> Result<(), ()> {
+async fn replay(sink: &mut Sink, peer: &Peer, app: &App, cursors: Option<&Cursors>) -> Result<(), WriteFailed> {
+    let within = app.config.write_deadline;
     let mut after = MessageId(0);
     let mut count = 0u64;
     loop {
@@ -318,17 +466,15 @@ async fn replay(sink: &mut Sink, peer: &Peer, app: &App, cursors: Option<&Cursor
                 continue; // committed after the mark: it arrives live
             }
             count += 1;
-            sink.feed(Message::Text(encode(&ServerEvent::ReceiveMessage(message.view()))))
-                .await
-                .map_err(|_| ())?;
+            let frame = encode(&ServerEvent::ReceiveMessage(message.view()));
+            timed(within, sink.feed(Message::Text(frame))).await?;
         }
         if !full {
             break;
         }
     }
-    sink.send(Message::Text(encode(&ServerEvent::PendingComplete { count })))
-        .await
-        .map_err(|_| ())
+    let done = encode(&ServerEvent::PendingComplete { count });
+    timed(within, sink.send(Message::Text(done))).await
 }
 
 async fn read_loop(stream: &mut SplitStream<WebSocket>, peer: &Arc<Peer>, app: &App, heard: &LastHeard) {
@@ -345,8 +491,8 @@ async fn read_loop(stream: &mut SplitStream<WebSocket>, peer: &Arc<Peer>, app: &
             Some(Ok(message)) => message,
             Some(Err(e)) => {
                 tracing::debug!(connection = %peer.id, error = %e, "read failed");
-                if is_capacity_error(&e) {
-                    peer.close(CloseReason::TOO_LARGE);
+                if let Some(reason) = fatal_frame(&e) {
+                    peer.close(reason);
                     break;
                 }
                 return;
@@ -373,9 +519,22 @@ async fn read_loop(stream: &mut SplitStream<WebSocket>, peer: &Arc<Peer>, app: &
     std::future::pending::<()>().await;
 }
 
-fn is_capacity_error(e: &axum::Error) -> bool {
+/// The close a read error calls for, if the connection can still say why:
+/// a frame over the hard size limit (1009), a text frame that is not UTF-8
+/// (1007), or a protocol violation (1002). Other errors (the socket broke)
+/// end the connection without a word. axum hides tungstenite's error type,
+/// so its messages are what there is to tell them apart by.
+fn fatal_frame(e: &axum::Error) -> Option<CloseReason> {
     let text = e.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
+    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity") {
+        Some(CloseReason::TOO_LARGE)
+    } else if text.starts_with("UTF-8 encoding error") {
+        Some(CloseReason::INVALID_UTF8)
+    } else if text.starts_with("WebSocket protocol error") {
+        Some(CloseReason::PROTOCOL_ERROR)
+    } else {
+        None
+    }
 }
 
 async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut TypingBudget) {

@@ -76,13 +76,40 @@ fn spawn_checkpointer(path: &Path) -> StoreResult<mpsc::Sender<()>> {
     Ok(stop)
 }
 
+/// Makes the database readable by its owner only: a folder it creates is
+/// 0700, and the database file (and its WAL and shared-memory files, which
+/// SQLite creates with the database's mode) 0600. A folder that already
+/// exists is left as it is: it may be `/tmp` or a home directory.
+fn owner_only(path: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| backend(format!("creating {}: {e}", dir.display())))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| backend(format!("creating {}: {e}", path.display())))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| backend(format!("making {} owner-only: {e}", file.display())))?;
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, with its folder, and
     /// applies the migrations.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| backend(format!("creating {}: {e}", dir.display())))?;
-        }
+        owner_only(path)?;
         let mut conn = Connection::open(path).map_err(backend)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;

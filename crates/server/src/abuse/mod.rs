@@ -1,0 +1,242 @@
+//! Limits that keep one client from taking the server from everyone else:
+//! per source address (registrations, login attempts, open TCP connections,
+//! places in the password-hashing queue) and per user (open WebSockets).
+//!
+//! Every limit is checked before the work it protects, and every refusal is
+//! logged with its source address and counted in `dyad_refused_total` under
+//! the limit's name. Every map here is bounded: see ARCHITECTURE.md.
+
+pub mod address;
+pub mod buckets;
+pub mod counts;
+pub mod hashing;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use dyad_protocol::UserId;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+pub use address::{AddressKey, source_address};
+use buckets::RateByKey;
+use counts::{OpenCounts, OpenPermit};
+pub use hashing::{HashingQueue, HashingRefused, HashingSlot};
+
+/// Most addresses whose registration or login budget is remembered; past
+/// it the address seen least recently is forgotten.
+pub const MAX_TRACKED_ADDRESSES: usize = 65_536;
+
+/// How long a failed login puts its address behind the others in the hashing queue.
+pub const FAILURE_STANDING: Duration = Duration::from_secs(15 * 60);
+
+/// The per-address and per-user limits (`--abuse-limits off` turns them all off).
+#[derive(Debug, Clone)]
+pub struct AbuseLimits {
+    /// Whether the limits below apply at all.
+    pub enabled: bool,
+    /// Registrations per address per hour.
+    pub registrations_per_hour: u32,
+    /// Login attempts per address per minute.
+    pub logins_per_minute: u32,
+    /// Open TCP connections per address.
+    pub connections_per_address: u32,
+    /// Open WebSockets per user.
+    pub websockets_per_user: u32,
+    /// Places (running or waiting) one address may hold in the hashing queue.
+    pub hashing_per_address: usize,
+    /// Places in the hashing queue in all.
+    pub hashing_queue: usize,
+}
+
+impl Default for AbuseLimits {
+    fn default() -> Self {
+        AbuseLimits {
+            enabled: true,
+            registrations_per_hour: 10,
+            logins_per_minute: 30,
+            connections_per_address: 256,
+            websockets_per_user: 32,
+            hashing_per_address: 2,
+            hashing_queue: 64,
+        }
+    }
+}
+
+impl AbuseLimits {
+    /// Every limit off (load tests from one address).
+    pub fn off() -> Self {
+        AbuseLimits {
+            enabled: false,
+            ..AbuseLimits::default()
+        }
+    }
+}
+
+/// A limit, as logs and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Registrations per address.
+    Registrations,
+    /// Login attempts per address.
+    LoginAttempts,
+    /// Failed logins per username and address.
+    FailedLogins,
+    /// Wrong password or unknown user.
+    InvalidCredentials,
+    /// Open TCP connections per address.
+    ConnectionsPerAddress,
+    /// Open TCP connections in all.
+    Connections,
+    /// Open WebSockets per user.
+    WebSocketsPerUser,
+    /// Hashing places per address.
+    HashingPerAddress,
+    /// Hashing places in all.
+    HashingQueue,
+    /// A WebSocket upgrade from a foreign origin.
+    Origin,
+    /// Registration is closed.
+    RegistrationClosed,
+}
+
+impl Limit {
+    /// The name in logs and in the `limit` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Registrations => "registrations_per_address",
+            Limit::LoginAttempts => "login_attempts_per_address",
+            Limit::FailedLogins => "failed_logins_per_username_and_address",
+            Limit::InvalidCredentials => "invalid_credentials",
+            Limit::ConnectionsPerAddress => "connections_per_address",
+            Limit::Connections => "connections_total",
+            Limit::WebSocketsPerUser => "websockets_per_user",
+            Limit::HashingPerAddress => "hashing_per_address",
+            Limit::HashingQueue => "hashing_queue",
+            Limit::Origin => "websocket_origin",
+            Limit::RegistrationClosed => "registration_closed",
+        }
+    }
+}
+
+/// The state behind the limits.
+pub struct AbuseGuard {
+    limits: AbuseLimits,
+    registrations: RateByKey<AddressKey>,
+    logins: RateByKey<AddressKey>,
+    connections: OpenCounts<AddressKey>,
+    websockets: OpenCounts<UserId>,
+    hashing: HashingQueue,
+    /// Addresses with a failed login lately, with when.
+    failing: std::sync::Mutex<lru::LruCache<AddressKey, tokio::time::Instant>>,
+    refused: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl AbuseGuard {
+    /// Limits as `limits` says; refusals counted in `refused`.
+    pub fn new(limits: AbuseLimits, refused: Family<[(&'static str, &'static str); 1], Counter>) -> Self {
+        let on = limits.enabled;
+        AbuseGuard {
+            registrations: RateByKey::new(
+                f64::from(limits.registrations_per_hour) / 3600.0,
+                limits.registrations_per_hour,
+                MAX_TRACKED_ADDRESSES,
+            ),
+            logins: RateByKey::new(
+                f64::from(limits.logins_per_minute) / 60.0,
+                limits.logins_per_minute,
+                MAX_TRACKED_ADDRESSES,
+            ),
+            connections: OpenCounts::new(if on { limits.connections_per_address } else { 0 }),
+            websockets: OpenCounts::new(if on { limits.websockets_per_user } else { 0 }),
+            // Off, an address may hold the whole queue (one-address load tests).
+            hashing: HashingQueue::new(
+                1,
+                if on {
+                    limits.hashing_per_address
+                } else {
+                    limits.hashing_queue
+                },
+                limits.hashing_queue,
+            ),
+            failing: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(MAX_TRACKED_ADDRESSES).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+            limits,
+            refused,
+        }
+    }
+
+    /// Notes a failed login from `source`: it loses its good standing in
+    /// the hashing queue for [`FAILURE_STANDING`].
+    pub fn failed_login(&self, source: IpAddr) {
+        if let Ok(mut failing) = self.failing.lock() {
+            failing.put(AddressKey::of(source), tokio::time::Instant::now());
+        }
+    }
+
+    fn good_standing(&self, key: AddressKey) -> bool {
+        self.failing
+            .lock()
+            .is_ok_and(|mut failing| failing.get(&key).is_none_or(|at| at.elapsed() >= FAILURE_STANDING))
+    }
+
+    /// Logs and counts a refusal.
+    pub fn refused(&self, limit: Limit, source: IpAddr, detail: &str) {
+        self.refused.get_or_create(&[("limit", limit.as_str())]).inc();
+        tracing::warn!(limit = limit.as_str(), source = %source, detail, "refused");
+    }
+
+    /// A registration from `source`, or how long until one is allowed.
+    pub fn registration(&self, source: IpAddr) -> Result<(), Duration> {
+        self.take(&self.registrations, Limit::Registrations, source)
+    }
+
+    /// A login attempt from `source`, or how long until one is allowed.
+    pub fn login_attempt(&self, source: IpAddr) -> Result<(), Duration> {
+        self.take(&self.logins, Limit::LoginAttempts, source)
+    }
+
+    fn take(&self, rate: &RateByKey<AddressKey>, limit: Limit, source: IpAddr) -> Result<(), Duration> {
+        if !self.limits.enabled {
+            return Ok(());
+        }
+        rate.take(AddressKey::of(source))
+            .inspect_err(|_| self.refused(limit, source, ""))
+    }
+
+    /// A place for one more TCP connection from `source`.
+    pub fn connection(&self, source: IpAddr) -> Option<OpenPermit<AddressKey>> {
+        let permit = self.connections.open(AddressKey::of(source));
+        if permit.is_none() {
+            self.refused(Limit::ConnectionsPerAddress, source, "");
+        }
+        permit
+    }
+
+    /// A place for one more WebSocket of `user`.
+    pub fn websocket(&self, user: UserId, source: IpAddr) -> Option<OpenPermit<UserId>> {
+        let permit = self.websockets.open(user);
+        if permit.is_none() {
+            self.refused(Limit::WebSocketsPerUser, source, &user.to_string());
+        }
+        permit
+    }
+
+    /// A place in the hashing queue for `source`.
+    pub async fn hashing(&self, source: IpAddr) -> Result<HashingSlot, HashingRefused> {
+        let key = AddressKey::of(source);
+        let slot = self.hashing.slot(key, self.good_standing(key)).await;
+        match slot {
+            Err(HashingRefused::AddressBusy) => self.refused(Limit::HashingPerAddress, source, ""),
+            Err(HashingRefused::QueueFull) => self.refused(Limit::HashingQueue, source, ""),
+            Ok(_) => {}
+        }
+        slot
+    }
+
+    /// Open WebSockets of `user` on this node.
+    pub fn websockets_of(&self, user: UserId) -> u32 {
+        self.websockets.count(user)
+    }
+}
