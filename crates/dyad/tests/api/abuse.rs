@@ -51,6 +51,24 @@ async fn metric(base: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// A plain HTTP client whose connections come from 127.0.0.`n`.
+fn http_from(n: u8) -> reqwest::Client {
+    reqwest::Client::builder().local_address(addr(n)).build().unwrap()
+}
+
+/// `POST /api/v1/{path}` (`users` or `sessions`) with these credentials, for
+/// what the typed client does not send (headers, huge names).
+fn post_credentials(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    username: &str,
+    password: &str,
+) -> reqwest::RequestBuilder {
+    http.post(format!("{base}/api/v1/{path}"))
+        .json(&serde_json::json!({"username": username, "password": password}))
+}
+
 fn retry_after(e: &reqwest::Response) -> Option<u64> {
     e.headers().get("retry-after")?.to_str().ok()?.parse().ok()
 }
@@ -64,10 +82,7 @@ async fn one_address_registers_ten_accounts_an_hour_and_others_are_not_affected(
     }
     let (status, code) = api_error(flood.register("flood10", PASSWORD).await);
     assert_eq!((status, code), (429, ErrorCode::TooManyRequests));
-    let raw = reqwest::Client::builder().local_address(addr(2)).build().unwrap();
-    let response = raw
-        .post(format!("{}/api/v1/users", server.base))
-        .json(&serde_json::json!({"username": "flood11", "password": PASSWORD}))
+    let response = post_credentials(&http_from(2), &server.base, "users", "flood11", PASSWORD)
         .send()
         .await
         .unwrap();
@@ -125,11 +140,8 @@ async fn login_attempts_per_address_are_refused_before_any_hashing() {
 #[tokio::test]
 async fn huge_usernames_are_refused_by_size_and_leave_nothing_behind() {
     let server = TestServer::spawn_with(limits_on()).await;
-    let raw = reqwest::Client::builder().local_address(addr(2)).build().unwrap();
     let name = "x".repeat(1 << 20);
-    let response = raw
-        .post(format!("{}/api/v1/sessions", server.base))
-        .json(&serde_json::json!({"username": name, "password": PASSWORD}))
+    let response = post_credentials(&http_from(2), &server.base, "sessions", &name, PASSWORD)
         .send()
         .await;
     // Refused while the body is still arriving: either a 4xx with the error
@@ -192,10 +204,7 @@ async fn connections_per_address_are_capped_and_the_extra_one_is_told_why() {
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer:?}");
     assert!(answer.contains("too_many_connections") && answer.to_lowercase().contains("retry-after"));
     // Other addresses are not affected.
-    reqwest::Client::builder()
-        .local_address(addr(3))
-        .build()
-        .unwrap()
+    http_from(3)
         .get(format!("{}/healthz", server.base))
         .send()
         .await
@@ -359,29 +368,19 @@ async fn behind_a_trusted_proxy_limits_count_the_forwarded_address() {
         ..test_config()
     })
     .await;
-    let proxy = reqwest::Client::builder().local_address(addr(1)).build().unwrap();
-    let register = |name: &str, client_ip: &str| {
-        proxy
-            .post(format!("{}/api/v1/users", server.base))
+    let (proxy, direct) = (http_from(1), http_from(4));
+    let register = |http: &reqwest::Client, name: &str, client_ip: &str| {
+        post_credentials(http, &server.base, "users", name, PASSWORD)
             .header("x-forwarded-for", client_ip)
-            .json(&serde_json::json!({"username": name, "password": PASSWORD}))
             .send()
     };
-    assert_eq!(register("one", "203.0.113.7").await.unwrap().status(), 201);
-    assert_eq!(register("two", "203.0.113.7").await.unwrap().status(), 201);
-    assert_eq!(register("three", "203.0.113.7").await.unwrap().status(), 429);
-    assert_eq!(register("four", "203.0.113.8").await.unwrap().status(), 201);
+    assert_eq!(register(&proxy, "one", "203.0.113.7").await.unwrap().status(), 201);
+    assert_eq!(register(&proxy, "two", "203.0.113.7").await.unwrap().status(), 201);
+    assert_eq!(register(&proxy, "three", "203.0.113.7").await.unwrap().status(), 429);
+    assert_eq!(register(&proxy, "four", "203.0.113.8").await.unwrap().status(), 201);
     // An untrusted peer's header is ignored: it counts as itself.
-    let direct = reqwest::Client::builder().local_address(addr(4)).build().unwrap();
     for name in ["five", "six"] {
-        let r = direct
-            .post(format!("{}/api/v1/users", server.base))
-            .header("x-forwarded-for", "203.0.113.9")
-            .json(&serde_json::json!({"username": name, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        assert_eq!(register(&direct, name, "203.0.113.9").await.unwrap().status(), 201);
     }
 }
 
@@ -426,12 +425,10 @@ async fn a_flood_of_failed_logins_with_megabyte_usernames_leaves_memory_where_it
     for n in 0..10u8 {
         let base = server.base.clone();
         flood.spawn(async move {
-            let http = reqwest::Client::builder().local_address(addr(20 + n)).build().unwrap();
+            let http = http_from(20 + n);
             for i in 0..24 {
                 let name = format!("{}{i}", "x".repeat(1 << 20));
-                let _ = http
-                    .post(format!("{base}/api/v1/sessions"))
-                    .json(&serde_json::json!({"username": name, "password": "wrong password"}))
+                let _ = post_credentials(&http, &base, "sessions", &name, "wrong password")
                     .send()
                     .await;
             }

@@ -70,13 +70,9 @@ impl<K: Hash + Eq> RateByKey<K> {
     }
 
     /// How many keys it holds now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.buckets.lock().map_or(0, |b| b.len())
-    }
-
-    /// Whether it holds no key.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -42,11 +42,6 @@ impl<K: Hash + Eq + Copy> OpenCounts<K> {
         })
     }
 
-    /// How many `key` holds.
-    pub fn count(&self, key: K) -> u32 {
-        self.open.lock().map_or(0, |o| o.get(&key).copied().unwrap_or(0))
-    }
-
     /// How many keys hold something.
     pub fn keys(&self) -> usize {
         self.open.lock().map_or(0, |o| o.len())

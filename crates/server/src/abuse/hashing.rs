@@ -227,25 +227,22 @@ mod tests {
         AddressKey::of(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
     }
 
+    /// A task that waits for a place for 127.0.0.`n` and says whether it got one.
+    fn wait_for_slot(q: &Arc<HashingQueue>, n: u8) -> tokio::task::JoinHandle<bool> {
+        let q = q.clone();
+        tokio::spawn(async move { q.slot(addr(n), false).await.is_ok() })
+    }
+
     #[tokio::test]
     async fn an_address_holds_at_most_its_share_and_a_full_queue_refuses_at_once() {
-        let q = HashingQueue::new(1, 2, 4);
+        let q = Arc::new(HashingQueue::new(1, 2, 4));
         let a1 = q.slot(addr(1), false).await;
         assert!(a1.is_ok());
-        let a2 = tokio::spawn({
-            let inner = q.inner.clone();
-            async move { HashingQueue { inner }.slot(addr(1), false).await.is_ok() }
-        });
+        let a2 = wait_for_slot(&q, 1);
         tokio::task::yield_now().await;
         assert_eq!(q.slot(addr(1), false).await.err(), Some(HashingRefused::AddressBusy));
-        let _b = tokio::spawn({
-            let inner = q.inner.clone();
-            async move { HashingQueue { inner }.slot(addr(2), false).await.map(drop).is_ok() }
-        });
-        let _c = tokio::spawn({
-            let inner = q.inner.clone();
-            async move { HashingQueue { inner }.slot(addr(3), false).await.map(drop).is_ok() }
-        });
+        let _b = wait_for_slot(&q, 2);
+        let _c = wait_for_slot(&q, 3);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(q.held(), 4);
         assert_eq!(q.slot(addr(4), false).await.err(), Some(HashingRefused::QueueFull));
@@ -286,10 +283,7 @@ mod tests {
     async fn a_waiter_that_gives_up_frees_its_place() {
         let q = Arc::new(HashingQueue::new(1, 2, 4));
         let running = q.slot(addr(1), false).await;
-        let waiter = tokio::spawn({
-            let q = q.clone();
-            async move { q.slot(addr(2), false).await.is_ok() }
-        });
+        let waiter = wait_for_slot(&q, 2);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(q.held(), 2);
         waiter.abort();

@@ -234,9 +234,26 @@ impl AbuseGuard {
         }
         slot
     }
+}
 
-    /// Open WebSockets of `user` on this node.
-    pub fn websockets_of(&self, user: UserId) -> u32 {
-        self.websockets.count(user)
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_logins_cost_standing_for_a_while_and_their_memory_is_bounded() {
+        let guard = AbuseGuard::new(AbuseLimits::default(), Family::default());
+        let ip = |n: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
+        guard.failed_login(ip(1));
+        assert!(!guard.good_standing(AddressKey::of(ip(1))));
+        assert!(guard.good_standing(AddressKey::of(ip(2))));
+        tokio::time::advance(FAILURE_STANDING).await;
+        assert!(guard.good_standing(AddressKey::of(ip(1))));
+        for n in 0..(MAX_TRACKED_ADDRESSES as u32 + 1000) {
+            guard.failed_login(ip(n));
+        }
+        assert_eq!(guard.failing.lock().map_or(0, |f| f.len()), MAX_TRACKED_ADDRESSES);
     }
 }
