@@ -3,6 +3,7 @@
 use dyad_protocol::events::SendMessage;
 use dyad_protocol::{ClientEvent, ConnectionId, MessageId, ServerEvent, UserId};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -10,7 +11,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::{Message, WebSocketConfig};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::ClientError;
 
@@ -121,8 +122,23 @@ pub struct Connection {
 impl Connection {
     /// Connects to `base_url` (http or https) with `token` in the header.
     pub async fn open(base_url: &str, token: &str) -> Result<Connection, ClientError> {
-        let (ws, _) =
-            tokio_tungstenite::connect_async_with_config(request(base_url, token)?, Some(config()), true).await?;
+        Self::open_with(base_url, token, None).await
+    }
+
+    /// Like [`Connection::open`], with `tls` for `https://` servers instead
+    /// of the system's trusted roots (see [`crate::Client::trusting`]).
+    pub async fn open_with(
+        base_url: &str,
+        token: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Connection, ClientError> {
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            request(base_url, token)?,
+            Some(config()),
+            true,
+            tls.map(Connector::Rustls),
+        )
+        .await?;
         Self::handshake(ws).await
     }
 

@@ -51,6 +51,9 @@ pub enum ClientError {
     /// A URL could not be formed.
     #[error("bad url: {0}")]
     Url(String),
+    /// A certificate authority to trust could not be read.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for ClientError {

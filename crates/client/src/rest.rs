@@ -5,7 +5,11 @@ use dyad_protocol::rest::{
     ConversationList, Credentials, ErrorBody, HistoryPage, SessionCreated, UserCreated, UserSummary,
 };
 use dyad_protocol::{ErrorCode, UserId};
+use std::sync::Arc;
+
 use reqwest::{Method, RequestBuilder, Response};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
 
 use crate::{ClientError, Connection};
@@ -17,6 +21,8 @@ pub struct Client {
     base: String,
     token: Option<String>,
     user_id: Option<UserId>,
+    /// For WebSockets to an `https://` server with an extra trusted authority.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
@@ -27,7 +33,40 @@ impl Client {
             base: base_url.trim_end_matches('/').to_owned(),
             token: None,
             user_id: None,
+            tls: None,
         }
+    }
+
+    /// The same client, also trusting the certificate authority (or
+    /// self-signed certificate) in `pem`, beside the system's roots: for an
+    /// `https://` server whose certificate the system does not know.
+    pub fn trusting(mut self, pem: &[u8]) -> Result<Self, ClientError> {
+        let tls = |e: &dyn std::fmt::Display| ClientError::Tls(e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // An unreadable system certificate is skipped, as browsers do.
+            let _ = roots.add(cert);
+        }
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ClientError::Tls("no certificate in the PEM given".into()));
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = reqwest::Client::builder();
+        for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| tls(&e))? {
+            http = http.add_root_certificate(cert);
+        }
+        self.http = http.build().map_err(|e| tls(&e))?;
+        self.tls = Some(Arc::new(config));
+        Ok(self)
     }
 
     /// A client whose connections all come from the local address `local`
@@ -131,7 +170,7 @@ impl Client {
     /// Opens the WebSocket and waits for `connected`.
     pub async fn connect(&self) -> Result<Connection, ClientError> {
         let token = self.token.as_deref().ok_or(ClientError::NotLoggedIn)?;
-        Connection::open(&self.base, token).await
+        Connection::open_with(&self.base, token, self.tls.clone()).await
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {

@@ -1,6 +1,6 @@
 //! `dyad admin`: operator commands that work on the store directly.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +9,8 @@ use clap::{Args, Subcommand};
 use dyad_protocol::UserId;
 use dyad_server::accounts::{hash_password, random_token, token_hash};
 use dyad_server::clock::now_ms;
+use dyad_server::domain::{Password, Username};
+use dyad_server::errors::ApiError;
 use dyad_store::ProvisionedAccount;
 
 /// The password every provisioned account gets (they are for load tests).
@@ -25,6 +27,28 @@ pub enum AdminCommand {
     /// Fill a store with messages between provisioned pairs of users (for
     /// measuring history reads and restarts on a big store).
     Fill(FillArgs),
+    /// Manage one account (with or without a running server).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account, e.g. on a server with `--registration closed`; the
+    /// password is read from stdin (or asked for at a terminal).
+    Add(UserArgs),
+    /// Set a new password (read from stdin, or asked for) and end every
+    /// session of the user.
+    ResetPassword(UserArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    /// The username.
+    name: String,
+    /// The store the server uses.
+    #[arg(long, env = "DYAD_DATABASE", default_value = "sqlite://dyad-data/dyad.db")]
+    database: String,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +100,38 @@ const FILL_BATCH: usize = 4096;
 /// so that `before` values between it and the end land at every depth.
 pub const FILL_EPOCH: i64 = 1_700_000_000_000;
 
+/// `dyad admin user …`: the names and passwords obey the same rules as
+/// registration over the API.
+async fn user(command: UserCommand) -> anyhow::Result<()> {
+    let (UserCommand::Add(args) | UserCommand::ResetPassword(args)) = &command;
+    let name = Username::parse(&args.name).map_err(|_| anyhow::anyhow!("{}", ApiError::InvalidUsername))?;
+    let password = crate::term::read_password(!std::io::stdin().is_terminal())?;
+    let password = Password::parse(&password).map_err(|_| anyhow::anyhow!("{}", ApiError::InvalidPassword))?;
+    let store = dyad_store::open(&args.database)
+        .await
+        .with_context(|| format!("opening {}", args.database))?;
+    let hash = hash_password(password.as_bytes())?;
+    match command {
+        UserCommand::Add(_) => match store.create_user(name.as_str(), &hash, now_ms()).await {
+            Ok(user) => println!("added {} ({})", user.username, user.id),
+            Err(dyad_store::StoreError::UsernameTaken) => anyhow::bail!("{} is taken", name.as_str()),
+            Err(e) => return Err(e.into()),
+        },
+        UserCommand::ResetPassword(_) => {
+            let user = store
+                .user_by_username(name.as_str())
+                .await?
+                .with_context(|| format!("no user {}", name.as_str()))?;
+            store.reset_password(user.id, &hash).await?;
+            println!(
+                "reset the password of {}; every session of theirs has ended",
+                user.username
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn fill(args: FillArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.users >= 2 && args.users.is_multiple_of(2), "--users must be even");
     let users = provision(&args.database, "fill", args.users, Duration::from_secs(30 * 24 * 3600)).await?;
@@ -118,6 +174,7 @@ async fn fill(args: FillArgs) -> anyhow::Result<()> {
 
 pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
+        AdminCommand::User(command) => user(command).await,
         AdminCommand::Fill(args) => fill(args).await,
         AdminCommand::Provision(args) => {
             let started = std::time::Instant::now();

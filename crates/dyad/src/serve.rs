@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -111,6 +112,13 @@ pub struct ServeArgs {
     /// e.g. https://chat.example.com (repeatable).
     #[arg(long = "allowed-origin", env = "DYAD_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// Serve HTTPS and wss:// with this certificate chain (PEM, leaf first);
+    /// needs --tls-key.
+    #[arg(long, env = "DYAD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "DYAD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log filter, e.g. info or dyad_server=debug.
     #[arg(long, env = "DYAD_LOG", default_value = "info")]
     log: String,
@@ -160,6 +168,12 @@ impl ServeArgs {
                 .unwrap_or_else(dyad_server::listener::default_max_connections),
             request_deadline: self.request_deadline,
             write_deadline: self.write_deadline,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(dyad_server::tls::server_config(cert, key).context("--tls-cert/--tls-key")?)
+                }
+                _ => None,
+            },
         })
     }
 }
@@ -181,7 +195,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     // One line on stdout that scripts (and the crash test) can read.
-    println!("dyad listening on http://{addr}");
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    println!("dyad listening on {scheme}://{addr}");
     tracing::info!(%addr, database = %args.database, node = args.node_id.as_deref().unwrap_or("-"), "serving");
     dyad_server::serve(listener, config, store, shutdown_signal()).await?;
     Ok(())

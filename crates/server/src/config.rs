@@ -2,6 +2,7 @@
 //! variables; tests build them directly.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::abuse::AbuseLimits;
@@ -47,6 +48,8 @@ pub struct Config {
     /// Time one write to a WebSocket may take before the client counts as
     /// a slow consumer and its socket is dropped.
     pub write_deadline: Duration,
+    /// Speak HTTPS and `wss://` with this (see [`crate::tls`]); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             max_connections: crate::listener::default_max_connections(),
             request_deadline: Duration::from_secs(10),
             write_deadline: Duration::from_secs(10),
+            tls: None,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -167,6 +168,7 @@ pub async fn serve(
             metrics: app.metrics.clone(),
             max_connections: app.config.max_connections,
             request_deadline: app.config.request_deadline,
+            tls: app.config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         }
         .run(app.shutdown.clone(), CLOSE_WAIT),
     );

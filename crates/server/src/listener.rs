@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -47,8 +48,11 @@ pub struct Listener {
     pub metrics: Arc<Metrics>,
     /// Most connections open at once.
     pub max_connections: usize,
-    /// Time allowed to send a request head.
+    /// Time allowed to send a request head (and, with TLS, to finish the
+    /// TLS handshake first).
     pub request_deadline: Duration,
+    /// Terminates TLS on every connection, if set.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl Listener {
@@ -89,7 +93,16 @@ impl Listener {
             let router = self.router.clone();
             let deadline = self.request_deadline;
             let stop = shutdown.clone();
-            connections.spawn(serve_connection(io, peer, router, deadline, stop));
+            match self.tls.clone() {
+                None => connections.spawn(serve_connection(io, peer, router, deadline, stop)),
+                Some(tls) => connections.spawn(async move {
+                    match tokio::time::timeout(deadline, tls.accept(io)).await {
+                        Ok(Ok(io)) => serve_connection(io, peer, router, deadline, stop).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, peer = %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }),
+            };
         }
         connections.close();
         if tokio::time::timeout(drain, connections.wait()).await.is_err() {
@@ -134,8 +147,8 @@ impl Listener {
     }
 }
 
-async fn serve_connection(
-    io: Held<TcpStream>,
+async fn serve_connection<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: IO,
     peer: SocketAddr,
     router: Router,
     deadline: Duration,

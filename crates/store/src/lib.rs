@@ -63,6 +63,9 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
     /// Records when users were last seen (after their grace period ended).
     async fn set_last_seen(&self, seen: &[(UserId, i64)]) -> StoreResult<()>;
+    /// Replaces a user's password hash and revokes every session of the
+    /// user, in one transaction; false if there is no such user.
+    async fn reset_password(&self, user: UserId, password_hash: &str) -> StoreResult<bool>;
 
     /// Creates (or finds, by username) many accounts and a new session for
     /// each, in one transaction. For provisioning load tests: hashing a

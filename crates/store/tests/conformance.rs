@@ -105,6 +105,47 @@ async fn user_ids_are_random_so_one_tells_nothing_of_another() {
 }
 
 #[tokio::test]
+async fn a_password_reset_replaces_the_hash_and_revokes_every_session() {
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let alice = s.create_user("alice", "old", 0).await.unwrap();
+        let bob = s.create_user("bob", "bobs", 0).await.unwrap();
+        for (user, token) in [(alice.id, [1u8; 32]), (alice.id, [2u8; 32]), (bob.id, [3u8; 32])] {
+            s.create_session(NewSession {
+                user_id: user,
+                token_hash: token,
+                created_at: 0,
+                expires_at: i64::MAX,
+            })
+            .await
+            .unwrap();
+        }
+        assert!(s.reset_password(alice.id, "new").await.unwrap(), "{driver}");
+        assert_eq!(
+            s.user_by_id(alice.id).await.unwrap().unwrap().password_hash,
+            "new",
+            "{driver}"
+        );
+        for token in [[1u8; 32], [2u8; 32]] {
+            assert!(s.session_by_token(&token, 1).await.unwrap().is_none(), "{driver}");
+        }
+        assert!(
+            s.session_by_token(&[3u8; 32], 1).await.unwrap().is_some(),
+            "{driver}: others untouched"
+        );
+        assert_eq!(
+            s.user_by_id(bob.id).await.unwrap().unwrap().password_hash,
+            "bobs",
+            "{driver}"
+        );
+        assert!(
+            !s.reset_password(UserId(42), "x").await.unwrap(),
+            "{driver}: no such user"
+        );
+    }
+}
+
+#[tokio::test]
 async fn users_are_unique_by_name_and_found_by_name_and_id() {
     for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
@@ -433,7 +474,9 @@ async fn history_pages_both_ways_and_lists_conversations() {
         assert_eq!(s.conversations(a, 1).await.unwrap().len(), 1, "{driver}");
         let mut marks = s.conversation_marks(a).await.unwrap();
         marks.sort();
-        assert_eq!(marks, vec![(b, 5), (c, 1)], "{driver}: newest seq per peer");
+        let mut expected = vec![(b, 5), (c, 1)];
+        expected.sort();
+        assert_eq!(marks, expected, "{driver}: newest seq per peer");
         assert_eq!(s.conversation_marks(c).await.unwrap(), vec![(a, 1)], "{driver}");
         assert!(
             s.conversation_marks(UserId(999_999)).await.unwrap().is_empty(),

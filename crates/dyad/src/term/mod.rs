@@ -60,6 +60,10 @@ pub struct LoginArgs {
     /// The server.
     #[arg(long, env = "DYAD_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// Also trust this certificate authority (PEM) for an https:// server,
+    /// e.g. one with a self-signed certificate; kept with the credentials.
+    #[arg(long, env = "DYAD_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Read the password from the first line of stdin instead of prompting.
     #[arg(long)]
     password_stdin: bool,
@@ -133,13 +137,32 @@ struct Credentials {
     user_id: UserId,
     token: String,
     expires_at: i64,
+    /// The extra certificate authority the server was logged in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_cert: Option<PathBuf>,
+}
+
+/// A client of `server`, trusting `ca_cert` as well as the system's roots.
+fn client_of(server: &str, ca_cert: Option<&Path>) -> anyhow::Result<Client> {
+    let client = Client::new(server);
+    match ca_cert {
+        None => Ok(client),
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(client
+                .trusting(&pem)
+                .with_context(|| format!("{} (--ca-cert)", path.display()))?)
+        }
+    }
 }
 
 pub async fn run(command: TermCommand) -> anyhow::Result<()> {
     match command {
         TermCommand::Register(args) => {
             let password = read_password(args.password_stdin)?;
-            Client::new(&args.server).register(&args.username, &password).await?;
+            client_of(&args.server, args.ca_cert.as_deref())?
+                .register(&args.username, &password)
+                .await?;
             login(&args.common.path()?, &args, &password).await
         }
         TermCommand::Login(args) => {
@@ -165,7 +188,8 @@ fn default_config_path() -> anyhow::Result<PathBuf> {
     Ok(base.join("dyad").join("credentials.json"))
 }
 
-fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+/// A password: the first line of stdin, or typed at a prompt.
+pub(crate) fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     if from_stdin {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
@@ -175,7 +199,7 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 }
 
 async fn login(path: &Path, args: &LoginArgs, password: &str) -> anyhow::Result<()> {
-    let mut client = Client::new(&args.server);
+    let mut client = client_of(&args.server, args.ca_cert.as_deref())?;
     let session = client.login(&args.username, password).await?;
     let credentials = Credentials {
         server: client.base_url().to_owned(),
@@ -183,6 +207,8 @@ async fn login(path: &Path, args: &LoginArgs, password: &str) -> anyhow::Result<
         user_id: session.user_id,
         token: session.token,
         expires_at: session.expires_at,
+        // Absolute, so that later commands find it from any folder.
+        ca_cert: args.ca_cert.as_deref().map(std::path::absolute).transpose()?,
     };
     save(path, &credentials)?;
     println!("logged in as {} on {}", credentials.username, credentials.server);
@@ -215,7 +241,8 @@ fn logged_in(path: &Path) -> anyhow::Result<(Credentials, Client)> {
     };
     let credentials: Credentials =
         serde_json::from_str(&text).with_context(|| format!("{} is damaged; log in again", path.display()))?;
-    let client = Client::new(&credentials.server).with_token(credentials.token.clone(), credentials.user_id);
+    let client = client_of(&credentials.server, credentials.ca_cert.as_deref())?
+        .with_token(credentials.token.clone(), credentials.user_id);
     Ok((credentials, client))
 }
 

@@ -72,15 +72,33 @@ impl Chromedriver {
 
     /// A new browser: its own Chromium process and empty profile.
     async fn browser(&self) -> Browser {
+        self.browser_with(&[]).await
+    }
+
+    /// A new browser started with `extra` command-line switches too.
+    async fn browser_with(&self, extra: &[&str]) -> Browser {
+        // The machine's network is closed: no background calls home.
+        let args: Vec<&str> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1100,720",
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-                // The machine's network is closed: no background calls home.
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--disable-quic", "--no-first-run", "--disable-background-networking",
-                         "--disable-component-update", "--disable-sync", "--window-size=1100,720"],
+                "args": args,
             }),
         );
         ClientBuilder::new(HttpConnector::new())
@@ -229,6 +247,7 @@ async fn screenshot(browser: &Browser, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_people_chat_in_the_browser() {
+    let _heavy = crate::helpers::heavy().await;
     let server = TestServer::spawn().await;
     let base = server.base.clone();
     let driver = Chromedriver::start().await;
@@ -359,6 +378,7 @@ async fn the_page_and_its_files_come_from_the_binary_with_a_strict_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_and_a_terminal_chat_and_history_pages_back() {
+    let _heavy = crate::helpers::heavy().await;
     // Flood control off: the old messages below go out back to back.
     let server = TestServer::spawn_with(dyad_server::Config {
         rate_limit: 0,
@@ -433,6 +453,40 @@ async fn a_browser_and_a_terminal_chat_and_history_pages_back() {
             .success()
     );
 
+    browser.close().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_works_over_https_and_wss() {
+    let _heavy = crate::helpers::heavy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::tls::self_signed(dir.path());
+    let server = TestServer::spawn_with(dyad_server::Config {
+        tls: Some(dyad_server::tls::server_config(&cert, &key).unwrap()),
+        ..test_config()
+    })
+    .await;
+    let driver = Chromedriver::start().await;
+    // The certificate is self-signed: this browser is told to accept it.
+    let browser = driver.browser_with(&["--ignore-certificate-errors"]).await;
+    open_sign_in(&browser, &server.base).await;
+    // Online means the page's WebSocket (wss://, token as a subprotocol) is up.
+    sign_in(&browser, "alice", "#register-btn").await;
+
+    let pem = std::fs::read(&cert).unwrap();
+    let mut bob = dyad_client::Client::new(&server.base).trusting(&pem).unwrap();
+    bob.register("bob", PASSWORD).await.unwrap();
+    bob.login("bob", PASSWORD).await.unwrap();
+    let alice_id = bob.user_by_username("alice").await.unwrap().user_id;
+    let mut conn = crate::helpers::TestConn(bob.connect().await.unwrap());
+    conn.replay().await;
+    conn.send(alice_id, "hello over wss", Some("k1")).await;
+    conn.expect_ack().await;
+    let listed = "return document.querySelector(\"#conversations .conv[data-username='bob']\") !== null";
+    wait_for(&browser, "the conversation with bob", listed, vec![]).await;
+    open_chat(&browser, "bob").await;
+    wait_for_message(&browser, "hello over wss", false, &[]).await;
     browser.close().await.unwrap();
     server.stop().await;
 }

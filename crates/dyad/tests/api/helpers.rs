@@ -16,6 +16,13 @@ use tokio::task::JoinHandle;
 pub const WAIT: Duration = Duration::from_secs(10);
 pub const PASSWORD: &str = "correct horse";
 
+/// Held by the tests that load both cores on their own (browsers, floods),
+/// so that they do not run at the same time and skew each other's timing.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// Every test client connects from 127.0.0.1, so the per-address limits
 /// are off but in the abuse tests, which turn them on.
 pub fn test_config() -> Config {
@@ -66,7 +73,8 @@ impl TestServer {
         }
         let store = dyad_store::open(url).await.unwrap();
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             dyad_server::serve(listener, config, store, async {

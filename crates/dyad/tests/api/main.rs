@@ -5,6 +5,7 @@
 
 mod abuse;
 mod accounts;
+mod admin;
 mod bench;
 mod browser;
 mod cluster;
@@ -14,7 +15,9 @@ mod helpers;
 mod history;
 mod lifecycle;
 mod messaging;
+mod nginx;
 mod postgres;
 mod presence;
 mod session;
 mod terminal;
+mod tls;

@@ -239,6 +239,24 @@ impl MessageStore for PostgresStore {
         Ok(())
     }
 
+    async fn reset_password(&self, user: UserId, password_hash: &str) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let changed = sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+            .bind(user.get())
+            .bind(password_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        sqlx::query("UPDATE sessions SET revoked = true WHERE user_id = $1")
+            .bind(user.get())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(changed == 1)
+    }
+
     async fn provision(&self, accounts: Vec<ProvisionedAccount>) -> StoreResult<Vec<UserId>> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let names: Vec<&str> = accounts.iter().map(|a| a.username.as_str()).collect();

@@ -264,6 +264,24 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn reset_password(&self, user: UserId, password_hash: &str) -> StoreResult<bool> {
+        let password_hash = password_hash.to_owned();
+        self.write(move |w| {
+            let tx = w.conn.transaction().map_err(backend)?;
+            let changed = tx
+                .execute(
+                    "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                    params![user.get(), password_hash],
+                )
+                .map_err(backend)?;
+            tx.execute("UPDATE sessions SET revoked = 1 WHERE user_id = ?1", [user.get()])
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     async fn provision(&self, accounts: Vec<ProvisionedAccount>) -> StoreResult<Vec<UserId>> {
         self.write(move |w| {
             let tx = w.conn.transaction().map_err(backend)?;
