@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Every error code on the wire. The `snake_case` name is the wire form.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

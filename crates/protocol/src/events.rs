@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ConnectionId, ErrorCode, MessageId, UserId};
 
 /// Whether a recipient device has acknowledged a message yet.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
@@ -16,6 +17,7 @@ pub enum MessageStatus {
 }
 
 /// A stored message as clients see it, in `receive_message` and in history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageView {
     /// Server-chosen id.
@@ -94,6 +96,7 @@ pub enum ServerEvent {
 }
 
 /// Whether a user is connected.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
@@ -104,6 +107,7 @@ pub enum PresenceStatus {
 }
 
 /// A user's presence, as in `presence` events and the status call.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceView {
     /// Whose.

@@ -5,15 +5,19 @@ use serde::{Deserialize, Serialize};
 use crate::{ErrorCode, MessageView, UserId};
 
 /// `POST /api/v1/users` and `POST /api/v1/sessions` body.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Credentials {
     /// 3–32 characters of `a-z 0-9 _ . -` (upper case folds to lower).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{3,32}$"))]
     pub username: String,
     /// 8–128 characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 8, max_length = 128))]
     pub password: String,
 }
 
 /// `201` from `POST /api/v1/users`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserCreated {
     /// The new account.
@@ -25,6 +29,7 @@ pub struct UserCreated {
 }
 
 /// `201` from `POST /api/v1/sessions`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionCreated {
     /// Bearer token; shown once, stored only hashed.
@@ -36,6 +41,7 @@ pub struct SessionCreated {
 }
 
 /// `200` from `GET /api/v1/users/by-username/{username}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSummary {
     /// The account.
@@ -45,6 +51,7 @@ pub struct UserSummary {
 }
 
 /// `200` from `GET /api/v1/messages/{user_id}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
     /// Newest first, or oldest first with `after`.
@@ -54,6 +61,7 @@ pub struct HistoryPage {
 }
 
 /// One entry of `GET /api/v1/conversations`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationView {
     /// The other participant.
@@ -65,6 +73,7 @@ pub struct ConversationView {
 }
 
 /// `200` from `GET /api/v1/conversations`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationList {
     /// Most recent first.
@@ -72,6 +81,7 @@ pub struct ConversationList {
 }
 
 /// Every REST error: `{"error": {"code", "message"}}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// The error.
@@ -79,6 +89,7 @@ pub struct ErrorBody {
 }
 
 /// The inside of [`ErrorBody`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Machine-readable code.

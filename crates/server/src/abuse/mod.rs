@@ -181,10 +181,15 @@ impl AbuseGuard {
             .is_ok_and(|mut failing| failing.get(&key).is_none_or(|at| at.elapsed() >= FAILURE_STANDING))
     }
 
-    /// Logs and counts a refusal.
+    /// Logs and counts a refusal: a wrong password at `info` (people
+    /// mistype), a limit hit at `warn`.
     pub fn refused(&self, limit: Limit, source: IpAddr, detail: &str) {
         self.refused.get_or_create(&[("limit", limit.as_str())]).inc();
-        tracing::warn!(limit = limit.as_str(), source = %source, detail, "refused");
+        if limit == Limit::InvalidCredentials {
+            tracing::info!(limit = limit.as_str(), source = %source, detail, "refused");
+        } else {
+            tracing::warn!(limit = limit.as_str(), source = %source, detail, "refused");
+        }
     }
 
     /// A registration from `source`, or how long until one is allowed.

@@ -2,6 +2,7 @@
 //! browser client) over the services. Handlers stay thin: decode, call a
 //! service, encode.
 
+mod openapi;
 mod ops;
 mod rest;
 mod web;
@@ -16,8 +17,11 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use dyad_store::SessionRecord;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::App;
 use crate::abuse::source_address;
@@ -29,15 +33,20 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Every route the server answers.
 pub(crate) fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/api/v1/users", post(rest::register))
-        .route("/api/v1/sessions", post(rest::login))
-        .route("/api/v1/sessions/current", delete(rest::logout))
-        .route("/api/v1/users/by-username/{username}", get(rest::user_by_username))
-        .route("/api/v1/users/{user_id}/status", get(rest::user_status))
-        .route("/api/v1/messages/{user_id}", get(rest::history))
-        .route("/api/v1/conversations", get(rest::conversations))
-        .route("/api/v1/ws", get(ws::upgrade))
+    // The API's routes and its OpenAPI document come from the same list,
+    // so that neither can name a route the other lacks.
+    let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(rest::register))
+        .routes(routes!(rest::login))
+        .routes(routes!(rest::logout))
+        .routes(routes!(rest::user_by_username))
+        .routes(routes!(rest::user_status))
+        .routes(routes!(rest::history))
+        .routes(routes!(rest::conversations))
+        .routes(routes!(ws::upgrade))
+        .split_for_parts();
+    let document = openapi::Document::new(&document);
+    api.route("/api/v1/openapi.json", get(move || openapi::serve(document.clone())))
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
         .route("/app.css", get(web::stylesheet))

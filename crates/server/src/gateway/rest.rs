@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use dyad_protocol::UserId;
 use dyad_protocol::events::PresenceView;
 use dyad_protocol::rest::{
-    ConversationList, ConversationView, Credentials, HistoryPage, SessionCreated, UserCreated, UserSummary,
+    ConversationList, ConversationView, Credentials, ErrorBody, HistoryPage, SessionCreated, UserCreated, UserSummary,
 };
 use dyad_store::PageRequest;
 
@@ -27,6 +27,14 @@ fn credentials(body: Result<Json<Credentials>, JsonRejection>) -> Result<Credent
 }
 
 /// `POST /api/v1/users`: register.
+#[utoipa::path(post, path = "/api/v1/users", tag = "accounts", request_body = Credentials,
+    responses(
+        (status = 201, description = "Registered", body = UserCreated),
+        (status = 400, description = "`invalid_username`, `invalid_password` or `invalid_body`", body = ErrorBody),
+        (status = 403, description = "`registration_closed`", body = ErrorBody),
+        (status = 409, description = "`username_taken`", body = ErrorBody),
+        (status = 429, description = "`too_many_requests` (per address); see `Retry-After`", body = ErrorBody),
+    ))]
 pub(crate) async fn register(
     State(app): State<Arc<App>>,
     Source(source): Source,
@@ -44,6 +52,13 @@ pub(crate) async fn register(
 }
 
 /// `POST /api/v1/sessions`: log in.
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "accounts", request_body = Credentials,
+    responses(
+        (status = 201, description = "Logged in", body = SessionCreated),
+        (status = 400, description = "`invalid_body`", body = ErrorBody),
+        (status = 401, description = "`invalid_credentials`", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts` or `too_many_requests`; see `Retry-After`", body = ErrorBody),
+    ))]
 pub(crate) async fn login(
     State(app): State<Arc<App>>,
     Source(source): Source,
@@ -57,6 +72,11 @@ pub(crate) async fn login(
 }
 
 /// `DELETE /api/v1/sessions/current`: log out; the token's sockets close.
+#[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "accounts", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out; the token's WebSockets are closed"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ))]
 pub(crate) async fn logout(State(app): State<Arc<App>>, Authed(session): Authed) -> Result<StatusCode, ApiError> {
     app.accounts.logout(&session).await?;
     app.hub.close_session(session.user_id, session.id);
@@ -64,6 +84,13 @@ pub(crate) async fn logout(State(app): State<Arc<App>>, Authed(session): Authed)
 }
 
 /// `GET /api/v1/users/by-username/{username}`: find a user.
+#[utoipa::path(get, path = "/api/v1/users/by-username/{username}", tag = "users", security(("bearer" = [])),
+    params(("username" = String, Path, description = "Any case")),
+    responses(
+        (status = 200, description = "Found", body = UserSummary),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`user_not_found`", body = ErrorBody),
+    ))]
 pub(crate) async fn user_by_username(
     State(app): State<Arc<App>>,
     Authed(_): Authed,
@@ -82,6 +109,13 @@ pub(crate) async fn user_by_username(
 }
 
 /// `GET /api/v1/users/{user_id}/status`: online, or when last seen.
+#[utoipa::path(get, path = "/api/v1/users/{user_id}/status", tag = "users", security(("bearer" = [])),
+    params(("user_id" = String, Path)),
+    responses(
+        (status = 200, description = "Online, or when last seen", body = PresenceView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`user_not_found`", body = ErrorBody),
+    ))]
 pub(crate) async fn user_status(
     State(app): State<Arc<App>>,
     Authed(_): Authed,
@@ -92,6 +126,19 @@ pub(crate) async fn user_status(
 }
 
 /// `GET /api/v1/messages/{user_id}`: a page of the conversation with that user.
+#[utoipa::path(get, path = "/api/v1/messages/{user_id}", tag = "messages", security(("bearer" = [])),
+    params(
+        ("user_id" = String, Path, description = "The other participant"),
+        ("before" = Option<i64>, Query, description = "Exclusive bound, ms; the newest messages older than it, newest first"),
+        ("after" = Option<i64>, Query, description = "Exclusive bound, ms; the oldest messages newer than it, oldest first"),
+        ("limit" = Option<i64>, Query, description = "1-100, default 50", minimum = 1, maximum = 100),
+    ),
+    responses(
+        (status = 200, description = "A page", body = HistoryPage),
+        (status = 400, description = "`invalid_parameter`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`user_not_found`", body = ErrorBody),
+    ))]
 pub(crate) async fn history(
     State(app): State<Arc<App>>,
     Authed(session): Authed,
@@ -113,6 +160,13 @@ pub(crate) async fn history(
 }
 
 /// `GET /api/v1/conversations`: the caller's conversations, most recent first.
+#[utoipa::path(get, path = "/api/v1/conversations", tag = "messages", security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query, description = "1-1000, default 100", minimum = 1, maximum = 1000)),
+    responses(
+        (status = 200, description = "Most recent first", body = ConversationList),
+        (status = 400, description = "`invalid_parameter`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ))]
 pub(crate) async fn conversations(
     State(app): State<Arc<App>>,
     Authed(session): Authed,

@@ -21,6 +21,7 @@ use axum::http::HeaderMap;
 use axum::http::header::{HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use axum::response::{IntoResponse, Response};
 use dyad_protocol::events::{ErrorEvent, SendMessage};
+use dyad_protocol::rest::ErrorBody;
 use dyad_protocol::{ErrorCode, MessageId, ServerEvent, UserId};
 use dyad_store::{NewMessage, PageRequest, SessionRecord, WriteOp};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -59,6 +60,15 @@ const HARD_FRAME_FACTOR: usize = 4;
 /// `GET /api/v1/ws`: checks the origin, authenticates, then upgrades. A
 /// foreign origin gets `403`, a bad token `401`, and a user with all the
 /// WebSockets allowed open `429`, all before any upgrade.
+#[utoipa::path(get, path = "/api/v1/ws", tag = "real time", security(("bearer" = [])),
+    params(("token" = Option<String>, Query, description = "The token, for clients that cannot set headers")),
+    responses(
+        (status = 101, description = "Upgraded to a WebSocket; see the protocol document for its events"),
+        (status = 400, description = "`invalid_parameter`: not a WebSocket upgrade", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: an Origin that is not allowed", body = ErrorBody),
+        (status = 429, description = "`too_many_connections`: the user has all the WebSockets allowed open", body = ErrorBody),
+    ))]
 pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
     Source(source): Source,
@@ -86,7 +96,7 @@ pub(crate) async fn upgrade(
     };
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => return ApiError::InvalidParameter(rejection.body_text()).into_response(),
     };
     let Some(socket_permit) = app.guard.websocket(session.user_id, source) else {
         return ApiError::TooManyConnections(Duration::from_secs(10)).into_response();
