@@ -38,20 +38,6 @@ pub enum StoreError {
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Ids of new users are drawn from here: random, so that knowing one user's
-/// id tells nothing about another's (ids that were counters let anyone walk
-/// every account). Above 2³², so they never meet the counters of databases
-/// made before, and below 2⁶², so a collision (retried) is vanishingly rare.
-pub const USER_IDS: std::ops::Range<i64> = (1 << 32)..(1 << 62);
-
-/// A random id for a new user, from [`USER_IDS`].
-pub fn new_user_id() -> StoreResult<UserId> {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| StoreError::Backend(format!("random generator failed: {e}")))?;
-    let span = (USER_IDS.end - USER_IDS.start) as u64;
-    Ok(UserId(USER_IDS.start + (u64::from_le_bytes(bytes) % span) as i64))
-}
-
 /// A message store. Drivers implement the methods in this order.
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {

@@ -5,10 +5,7 @@
 use std::sync::Arc;
 
 use dyad_protocol::{MessageId, UserId};
-use dyad_store::{
-    MessageStore, NewMessage, NewSession, PageRequest, ProvisionedAccount, StoreError, StoredMessage, WriteOp,
-    WriteOutcome,
-};
+use dyad_store::{MessageStore, NewMessage, NewSession, PageRequest, StoreError, StoredMessage, WriteOp, WriteOutcome};
 
 struct Fresh {
     store: Arc<dyn MessageStore>,
@@ -65,42 +62,6 @@ fn stored(outcome: &WriteOutcome) -> (&StoredMessage, bool) {
     match outcome {
         WriteOutcome::Stored { message, duplicate } => (message, *duplicate),
         other => panic!("expected Stored, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn user_ids_are_random_so_one_tells_nothing_of_another() {
-    for (driver, fresh) in drivers().await {
-        let s = &*fresh.store;
-        let mut ids = Vec::new();
-        for i in 0..20 {
-            ids.push(s.create_user(&format!("user{i}"), "h", 0).await.unwrap().id.get());
-        }
-        let provisioned = s
-            .provision(
-                (0..20)
-                    .map(|i| ProvisionedAccount {
-                        username: format!("bulk{i}"),
-                        password_hash: "h".into(),
-                        token_hash: [i as u8; 32],
-                        created_at: 0,
-                        expires_at: i64::MAX,
-                    })
-                    .collect(),
-            )
-            .await
-            .unwrap();
-        ids.extend(provisioned.iter().map(|id| id.get()));
-        assert!(
-            ids.iter().all(|id| dyad_store::USER_IDS.contains(id)),
-            "{driver}: {ids:?}"
-        );
-        // Counters would differ by one; random ids almost never come within 2^32.
-        let mut sorted = ids.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), ids.len(), "{driver}");
-        assert!(sorted.windows(2).all(|w| w[1] - w[0] > 1 << 32), "{driver}: {sorted:?}");
     }
 }
 

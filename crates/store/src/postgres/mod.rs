@@ -175,6 +175,10 @@ fn user(row: &PgRow) -> sqlx::Result<UserRecord> {
     })
 }
 
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -182,27 +186,19 @@ fn limit(n: usize) -> i64 {
 #[async_trait]
 impl MessageStore for PostgresStore {
     async fn create_user(&self, username: &str, password_hash: &str, now: i64) -> StoreResult<UserRecord> {
-        // A random id that happens to be taken is drawn again; a taken name
-        // is the caller's answer.
-        loop {
-            let row = sqlx::query(concat!(
-                "INSERT INTO users (id, username, password_hash, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING RETURNING ",
-                user_columns!()
-            ))
-            .bind(crate::new_user_id()?.get())
-            .bind(username)
-            .bind(password_hash)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-            if let Some(row) = row {
-                return user(&row).map_err(backend);
-            }
-            if self.user_by_username(username).await?.is_some() {
-                return Err(StoreError::UsernameTaken);
-            }
+        let row = sqlx::query(concat!(
+            "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3) RETURNING ",
+            user_columns!()
+        ))
+        .bind(username)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await;
+        match row {
+            Ok(row) => user(&row).map_err(backend),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::UsernameTaken),
+            Err(e) => Err(backend(e)),
         }
     }
 
@@ -262,20 +258,15 @@ impl MessageStore for PostgresStore {
         let names: Vec<&str> = accounts.iter().map(|a| a.username.as_str()).collect();
         let hashes: Vec<&str> = accounts.iter().map(|a| a.password_hash.as_str()).collect();
         let created: Vec<i64> = accounts.iter().map(|a| a.created_at).collect();
-        let new_ids: Vec<i64> = accounts
-            .iter()
-            .map(|_| crate::new_user_id().map(UserId::get))
-            .collect::<StoreResult<_>>()?;
         let rows = sqlx::query(
-            "INSERT INTO users (id, username, password_hash, created_at)
-             SELECT * FROM unnest($4::int8[], $1::text[], $2::text[], $3::int8[])
+            "INSERT INTO users (username, password_hash, created_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
              ON CONFLICT (username) DO UPDATE SET username = excluded.username
              RETURNING id, username",
         )
         .bind(&names)
         .bind(&hashes)
         .bind(&created)
-        .bind(&new_ids)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;

@@ -194,36 +194,24 @@ impl MessageStore for SqliteStore {
     async fn create_user(&self, username: &str, password_hash: &str, now: i64) -> StoreResult<UserRecord> {
         let (username, password_hash) = (username.to_owned(), password_hash.to_owned());
         self.write(move |w| {
-            // A random id that happens to be taken is drawn again; a taken
-            // name is the caller's answer.
-            loop {
-                let id = crate::new_user_id()?;
-                let inserted = w
-                    .conn
-                    .prepare_cached(
-                        "INSERT INTO users (id, username, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .and_then(|mut s| s.execute(params![id.get(), username, password_hash, now]))
-                    .map_err(backend)?;
-                if inserted == 1 {
-                    return Ok(UserRecord {
-                        id,
-                        username,
-                        password_hash,
-                        created_at: now,
-                        last_seen: None,
-                    });
-                }
-                let taken: Option<i64> = w
-                    .conn
-                    .prepare_cached("SELECT id FROM users WHERE username = ?1")
-                    .and_then(|mut s| s.query_row(params![username], |r| r.get(0)).optional())
-                    .map_err(backend)?;
-                if taken.is_some() {
-                    return Err(StoreError::UsernameTaken);
-                }
+            let inserted = w
+                .conn
+                .prepare_cached(
+                    "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (username) DO NOTHING",
+                )
+                .and_then(|mut s| s.execute(params![username, password_hash, now]))
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(StoreError::UsernameTaken);
             }
+            Ok(UserRecord {
+                id: UserId(w.conn.last_insert_rowid()),
+                username,
+                password_hash,
+                created_at: now,
+                last_seen: None,
+            })
         })
         .await
     }
@@ -289,7 +277,7 @@ impl MessageStore for SqliteStore {
             {
                 let mut user = tx
                     .prepare_cached(
-                        "INSERT INTO users (id, username, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+                        "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)
                          ON CONFLICT (username) DO UPDATE SET username = excluded.username RETURNING id",
                     )
                     .map_err(backend)?;
@@ -300,10 +288,7 @@ impl MessageStore for SqliteStore {
                     .map_err(backend)?;
                 for a in &accounts {
                     let id: i64 = user
-                        .query_row(
-                            params![crate::new_user_id()?.get(), a.username, a.password_hash, a.created_at],
-                            |r| r.get(0),
-                        )
+                        .query_row(params![a.username, a.password_hash, a.created_at], |r| r.get(0))
                         .map_err(backend)?;
                     session
                         .execute(params![id, &a.token_hash[..], a.created_at, a.expires_at])
