@@ -39,6 +39,21 @@ fn request(
     Ok(request)
 }
 
+/// A TCP connection to `remote` from the local address `local`. The port
+/// is chosen at connect time, per 4-tuple: reserving one at bind time scans
+/// every port in use and stalls past ~10k connections from one address.
+pub async fn tcp_from(remote: SocketAddr, local: IpAddr) -> std::io::Result<TcpStream> {
+    let socket = if local.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    #[cfg(target_os = "linux")]
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)?;
+    socket.bind(SocketAddr::new(local, 0))?;
+    socket.connect(remote).await
+}
+
 /// The sending half of a split [`Connection`].
 #[derive(Debug)]
 pub struct Sender {
@@ -158,24 +173,9 @@ impl Connection {
                 .find(|a| a.is_ipv4() == local.is_ipv4())
                 .ok_or_else(|| ClientError::Url(format!("no address for {host}")))?,
         };
-        let socket = if local.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(|e| ClientError::Url(e.to_string()))?;
-        // Choose the port at connect time, per 4-tuple: reserving one at bind
-        // time scans every port in use and stalls past ~10k connections.
-        #[cfg(target_os = "linux")]
-        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
-            .map_err(|e| ClientError::Url(e.to_string()))?;
-        socket
-            .bind(SocketAddr::new(local, 0))
-            .map_err(|e| ClientError::Url(format!("bind {local}: {e}")))?;
-        let stream = socket
-            .connect(remote)
+        let stream = tcp_from(remote, local)
             .await
-            .map_err(|e| ClientError::Url(format!("connect {remote}: {e}")))?;
+            .map_err(|e| ClientError::Url(format!("connect {remote} from {local}: {e}")))?;
         stream.set_nodelay(true).map_err(|e| ClientError::Url(e.to_string()))?;
         let (ws, _) =
             tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config())).await?;

@@ -8,7 +8,7 @@ mod connection;
 mod rest;
 mod session;
 
-pub use connection::{Connection, Receiver, Sender};
+pub use connection::{Connection, Receiver, Sender, tcp_from};
 pub use dyad_protocol as protocol;
 pub use rest::Client;
 pub use session::{ChatSession, SessionEvent, SessionOptions};

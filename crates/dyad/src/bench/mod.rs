@@ -5,6 +5,7 @@
 //!
 //! Against a server it starts itself (the default) or one given by `--url`.
 
+mod attack;
 mod history;
 mod idle;
 mod load;
@@ -39,6 +40,9 @@ enum BenchMode {
     /// Read history pages (`limit` 50 by default) as fast as a few clients
     /// can, against a store filled by `dyad admin fill`; report latency.
     History(history::HistoryArgs),
+    /// Run one attack against a server with its default limits while a
+    /// legitimate user logs in and sends; report memory and latencies.
+    Attack(attack::AttackArgs),
 }
 
 /// Where the server under test is and how to get users on it.
@@ -129,7 +133,7 @@ impl Target {
             None => format!("sqlite://{}", dir.path().join("bench.db").display()),
         };
         let users = admin::provision(&database, &prefix, count, ttl).await?;
-        let (child, url) = spawn_server(&database, &self.server_arg).await?;
+        let (child, url) = spawn_server(&database, LOAD_TEST_FLAGS, &self.server_arg).await?;
         let pid = child.id();
         Ok((
             Servers {
@@ -143,23 +147,16 @@ impl Target {
     }
 }
 
-async fn spawn_server(database: &str, extra: &[String]) -> anyhow::Result<(Child, String)> {
+/// Flags for a server under load: no flood control, and no per-address
+/// limits (every simulated user connects from one address).
+const LOAD_TEST_FLAGS: &[&str] = &["--rate-limit", "0", "--abuse-limits", "off", "--log", "warn"];
+
+/// Starts `dyad serve` on a free port with `flags`, then `extra`.
+async fn spawn_server(database: &str, flags: &[&str], extra: &[String]) -> anyhow::Result<(Child, String)> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "0",
-            // Every simulated user connects from this one address.
-            "--abuse-limits",
-            "off",
-            "--log",
-            "warn",
-            "--database",
-            database,
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", database])
+        .args(flags)
         .args(extra)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -182,6 +179,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.mode {
         Some(BenchMode::Idle(idle)) => idle::run(idle).await,
         Some(BenchMode::History(history)) => history::run(history).await,
+        Some(BenchMode::Attack(attack)) => attack::run(attack).await,
         None => load::run(args.load).await,
     }
 }

@@ -100,3 +100,19 @@ async fn provisioned_tokens_open_websockets_and_the_idle_bench_holds_them() {
     assert_eq!(report["still_open_after_hold"].as_u64(), Some(30), "{report}");
     server.stop().await;
 }
+
+#[test]
+fn the_attack_bench_finds_the_per_user_socket_limit_and_keeps_the_user_served() {
+    let output = dyad(&["bench", "attack", "sockets-per-user", "--duration", "2s"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    // However far it got in 2 s, never more than the 32 allowed.
+    assert!(text.contains("attacker: 32 requests or connections answered"), "{text}");
+    for probe in ["login", "send -> ack", "GET /healthz"] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(probe)),
+            "{probe}: {text}"
+        );
+    }
+    // A probe that failed would count as 10,000 ms.
+    assert!(!text.contains("10000.0"), "a legitimate probe failed: {text}");
+}
