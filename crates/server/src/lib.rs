@@ -169,6 +169,7 @@ pub async fn serve(
             max_connections: app.config.max_connections,
             request_deadline: app.config.request_deadline,
             tls: app.config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            trusted_proxies: app.config.trusted_proxies.clone(),
         }
         .run(app.shutdown.clone(), CLOSE_WAIT),
     );

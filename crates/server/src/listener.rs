@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::abuse::counts::OpenPermit;
-use crate::abuse::{AbuseGuard, AddressKey, Limit};
+use crate::abuse::{AbuseGuard, AddressKey, Limit, is_trusted_proxy};
 use crate::metrics::Metrics;
 
 /// The TCP peer of a request, as the accept loop saw it.
@@ -53,6 +53,9 @@ pub struct Listener {
     pub request_deadline: Duration,
     /// Terminates TLS on every connection, if set.
     pub tls: Option<TlsAcceptor>,
+    /// Reverse proxies: their connections carry many clients, so they are
+    /// not held to the per-address connection limit (only to the total).
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Listener {
@@ -130,6 +133,12 @@ impl Listener {
             metrics: self.metrics.clone(),
         };
         self.metrics.tcp_connections.inc();
+        if is_trusted_proxy(source, &self.trusted_proxies) {
+            return Some(Places {
+                _address: None,
+                _total: total,
+            });
+        }
         let Some(permit) = self.guard.connection(source) else {
             refuse_now(
                 tcp,
@@ -141,7 +150,7 @@ impl Listener {
             return None;
         };
         Some(Places {
-            _address: permit,
+            _address: Some(permit),
             _total: total,
         })
     }
@@ -193,7 +202,7 @@ fn refuse_now(tcp: &TcpStream, status: u16, reason: &str, code: &str, message: &
 
 /// The places one connection holds: one of the server's, one of its address's.
 struct Places {
-    _address: OpenPermit<AddressKey>,
+    _address: Option<OpenPermit<AddressKey>>,
     _total: Total,
 }
 

@@ -126,9 +126,19 @@ async fn through_nginx_the_limits_see_each_clients_own_address() {
 
 #[tokio::test]
 async fn through_nginx_a_websocket_receives_messages_and_delivery() {
-    let server = TestServer::spawn().await;
+    // nginx's connections carry every client: the per-address connection
+    // limit (here 2) must not apply to the trusted proxy.
+    let server = TestServer::spawn_with(Config {
+        abuse: AbuseLimits {
+            connections_per_address: 2,
+            ..AbuseLimits::default()
+        },
+        trusted_proxies: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        ..test_config()
+    })
+    .await;
     let nginx = Nginx::start(&upstream(&server)).await;
-    let (mut alice, mut bob) = (Client::new(&nginx.base), Client::new(&nginx.base));
+    let (mut alice, mut bob) = (from(&nginx.base, 2), from(&nginx.base, 3));
     alice.register("alice", PASSWORD).await.unwrap();
     bob.register("bob", PASSWORD).await.unwrap();
     alice.login("alice", PASSWORD).await.unwrap();
@@ -136,6 +146,13 @@ async fn through_nginx_a_websocket_receives_messages_and_delivery() {
     let mut a = TestConn(alice.connect().await.unwrap());
     let mut b = TestConn(bob.connect().await.unwrap());
     assert!(a.replay().await.is_empty() && b.replay().await.is_empty());
+    // Two more of Alice's devices: five sockets from nginx in all.
+    let mut more = Vec::new();
+    for _ in 0..2 {
+        let mut device = TestConn(alice.connect().await.unwrap());
+        assert!(device.replay().await.is_empty());
+        more.push(device);
+    }
     for i in 0..20 {
         a.send(bob_id, &format!("through nginx {i}"), Some(&format!("k{i}")))
             .await;

@@ -42,7 +42,7 @@ impl std::fmt::Display for AddressKey {
 /// (each proxy appends the address it heard from, so the entries before the
 /// last untrusted one are whatever the client chose to write).
 pub fn source_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|t| canonical(*t) == canonical(*ip));
+    let is_trusted = |ip: &IpAddr| is_trusted_proxy(*ip, trusted);
     if !is_trusted(&peer) {
         return peer;
     }
@@ -65,6 +65,12 @@ pub fn source_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> 
         }
     }
     source
+}
+
+/// Whether `ip` is one of the `trusted` proxies (an IPv4-mapped IPv6
+/// address matches its IPv4 form).
+pub fn is_trusted_proxy(ip: IpAddr, trusted: &[IpAddr]) -> bool {
+    trusted.iter().any(|t| canonical(*t) == canonical(ip))
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {

@@ -18,7 +18,7 @@ use dyad_protocol::UserId;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-pub use address::{AddressKey, source_address};
+pub use address::{AddressKey, is_trusted_proxy, source_address};
 use buckets::RateByKey;
 use counts::{OpenCounts, OpenPermit};
 pub use hashing::{HashingQueue, HashingRefused, HashingSlot};
