@@ -390,14 +390,18 @@ fn take(cursors: &mut Option<Cursors>, item: Outbound, peer: &Peer, ready: &mut 
     }
 }
 
+/// Writes a batch of frames and flushes it: one write, one deadline.
 async fn write_all(sink: &mut Sink, ready: &mut Vec<Utf8Bytes>, within: Duration) -> Result<(), WriteFailed> {
     if ready.is_empty() {
         return Ok(());
     }
-    for frame in ready.drain(..) {
-        timed(within, sink.feed(Message::Text(frame))).await?;
-    }
-    timed(within, sink.flush()).await
+    let batch = async {
+        for frame in ready.drain(..) {
+            sink.feed(Message::Text(frame)).await?;
+        }
+        sink.flush().await
+    };
+    timed(within, batch).await
 }
 
 /// Resolves when a held message has waited long enough.
