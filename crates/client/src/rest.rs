@@ -2,7 +2,8 @@
 
 use dyad_protocol::events::PresenceView;
 use dyad_protocol::rest::{
-    ConversationList, Credentials, ErrorBody, HistoryPage, SessionCreated, UserCreated, UserSummary,
+    ConversationList, Credentials, ErrorBody, HistoryPage, PasswordConfirmation, SessionCreated, UserCreated,
+    UserSummary,
 };
 use dyad_protocol::{ErrorCode, UserId};
 use std::sync::Arc;
@@ -134,6 +135,19 @@ impl Client {
     /// `DELETE /api/v1/sessions/current`.
     pub async fn logout(&self) -> Result<(), ClientError> {
         let response = self.authed(Method::DELETE, "/api/v1/sessions/current")?.send().await?;
+        check(response).await.map(drop)
+    }
+
+    /// `DELETE /api/v1/users/me`: deletes the account, given its password.
+    pub async fn delete_account(&self, password: &str) -> Result<(), ClientError> {
+        let body = PasswordConfirmation {
+            password: password.into(),
+        };
+        let response = self
+            .authed(Method::DELETE, "/api/v1/users/me")?
+            .json(&body)
+            .send()
+            .await?;
         check(response).await.map(drop)
     }
 

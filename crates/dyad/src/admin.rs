@@ -40,6 +40,9 @@ pub enum UserCommand {
     /// Set a new password (read from stdin, or asked for) and end every
     /// session of the user.
     ResetPassword(UserArgs),
+    /// Delete an account: its sessions end, its name becomes free, and
+    /// messages to it are refused; the people it talked to keep the history.
+    Delete(UserArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,33 +106,57 @@ pub const FILL_EPOCH: i64 = 1_700_000_000_000;
 /// `dyad admin user …`: the names and passwords obey the same rules as
 /// registration over the API.
 async fn user(command: UserCommand) -> anyhow::Result<()> {
-    let (UserCommand::Add(args) | UserCommand::ResetPassword(args)) = &command;
+    let (UserCommand::Add(args) | UserCommand::ResetPassword(args) | UserCommand::Delete(args)) = &command;
     let name = Username::parse(&args.name).map_err(|_| anyhow::anyhow!("{}", ApiError::InvalidUsername))?;
-    let password = crate::term::read_password(!std::io::stdin().is_terminal())?;
-    let password = Password::parse(&password).map_err(|_| anyhow::anyhow!("{}", ApiError::InvalidPassword))?;
-    let store = dyad_store::open(&args.database)
-        .await
-        .with_context(|| format!("opening {}", args.database))?;
-    let hash = hash_password(password.as_bytes())?;
-    match command {
-        UserCommand::Add(_) => match store.create_user(name.as_str(), &hash, now_ms()).await {
-            Ok(user) => println!("added {} ({})", user.username, user.id),
-            Err(dyad_store::StoreError::UsernameTaken) => anyhow::bail!("{} is taken", name.as_str()),
-            Err(e) => return Err(e.into()),
-        },
+    let open = || async {
+        dyad_store::open(&args.database)
+            .await
+            .with_context(|| format!("opening {}", args.database))
+    };
+    match &command {
+        UserCommand::Add(_) => {
+            let hash = new_password_hash()?;
+            match open().await?.create_user(name.as_str(), &hash, now_ms()).await {
+                Ok(user) => println!("added {} ({})", user.username, user.id),
+                Err(dyad_store::StoreError::UsernameTaken) => anyhow::bail!("{} is taken", name.as_str()),
+                Err(e) => return Err(e.into()),
+            }
+        }
         UserCommand::ResetPassword(_) => {
-            let user = store
-                .user_by_username(name.as_str())
-                .await?
-                .with_context(|| format!("no user {}", name.as_str()))?;
+            let hash = new_password_hash()?;
+            let store = open().await?;
+            let user = existing(&*store, &name).await?;
             store.reset_password(user.id, &hash).await?;
             println!(
                 "reset the password of {}; every session of theirs has ended",
                 user.username
             );
         }
+        UserCommand::Delete(_) => {
+            let store = open().await?;
+            let user = existing(&*store, &name).await?;
+            store.delete_user(user.id, now_ms()).await?;
+            println!(
+                "deleted {} ({}); every session of theirs has ended",
+                user.username, user.id
+            );
+        }
     }
     Ok(())
+}
+
+/// Reads a new password (stdin, or asked for at a terminal) and hashes it.
+fn new_password_hash() -> anyhow::Result<String> {
+    let password = crate::term::read_password(!std::io::stdin().is_terminal())?;
+    let password = Password::parse(&password).map_err(|_| anyhow::anyhow!("{}", ApiError::InvalidPassword))?;
+    Ok(hash_password(password.as_bytes())?)
+}
+
+async fn existing(store: &dyn dyad_store::MessageStore, name: &Username) -> anyhow::Result<dyad_store::UserRecord> {
+    store
+        .user_by_username(name.as_str())
+        .await?
+        .with_context(|| format!("no user {}", name.as_str()))
 }
 
 async fn fill(args: FillArgs) -> anyhow::Result<()> {

@@ -16,6 +16,14 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// `DELETE /api/v1/users/me` body: the password, confirmed once more.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasswordConfirmation {
+    /// The account's current password.
+    pub password: String,
+}
+
 /// `201` from `POST /api/v1/users`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! Accounts and sessions: registration, login with a throttle per username
-//! and source address, bearer tokens, logout.
+//! and source address, bearer tokens, logout, account deletion.
 //!
 //! Live sessions are cached in memory after their first lookup, so most
 //! requests cost no store read to authenticate. A logout removes its session
@@ -25,8 +25,9 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use dashmap::DashMap;
+use dyad_protocol::UserId;
 use dyad_protocol::rest::{SessionCreated, UserCreated};
-use dyad_store::{MessageStore, NewSession, SessionId, SessionRecord, TokenHash};
+use dyad_store::{MessageStore, NewSession, SessionId, SessionRecord, TokenHash, UserRecord};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 
@@ -63,6 +64,9 @@ pub struct Accounts {
     sessions: DashMap<TokenHash, (SessionRecord, Instant)>,
     /// Sessions revoked lately, so that a lookup in flight does not cache one.
     revoked: Mutex<HashMap<SessionId, Instant>>,
+    /// Users deleted lately, likewise for every session of theirs. Entries
+    /// live [`SESSION_CACHE_TTL`], and each took a password hash to make.
+    deleted: Mutex<HashMap<UserId, Instant>>,
 }
 
 impl Accounts {
@@ -73,6 +77,7 @@ impl Accounts {
         Ok(Accounts {
             sessions: DashMap::new(),
             revoked: Mutex::new(HashMap::new()),
+            deleted: Mutex::new(HashMap::new()),
             store,
             guard,
             throttle: LoginThrottle::new(MAX_TRACKED_FAILURES),
@@ -107,6 +112,56 @@ impl Accounts {
 
     /// `POST /api/v1/sessions`, from `source`.
     pub async fn login(&self, username: &str, password: &str, source: IpAddr) -> Result<SessionCreated, ApiError> {
+        let user = self.verify_credentials(username, password, source).await?;
+        let token = random_token()?;
+        let now = now_ms();
+        let expires_at = now.saturating_add(self.token_ttl.as_millis() as i64);
+        let session = self
+            .store
+            .create_session(NewSession {
+                user_id: user.id,
+                token_hash: token_hash(&token),
+                created_at: now,
+                expires_at,
+            })
+            .await?;
+        tracing::info!(user_id = %user.id, session = session.id.0, "session created");
+        Ok(SessionCreated {
+            token,
+            user_id: user.id,
+            expires_at,
+        })
+    }
+
+    /// `DELETE /api/v1/users/me`: deletes the account of `session` once its
+    /// password is confirmed, under the same limits as a login. Closing its
+    /// sockets, and telling other nodes, is the caller's part.
+    pub async fn delete_account(
+        &self,
+        session: &SessionRecord,
+        password: &str,
+        source: IpAddr,
+    ) -> Result<(), ApiError> {
+        let me = self
+            .store
+            .user_by_id(session.user_id)
+            .await?
+            .filter(|u| u.deleted_at.is_none())
+            .ok_or(ApiError::Unauthorized)?;
+        let confirmed = self.verify_credentials(&me.username, password, source).await?;
+        if confirmed.id != me.id {
+            return Err(ApiError::InvalidCredentials);
+        }
+        self.forget_user(me.id);
+        self.store.delete_user(me.id, now_ms()).await?;
+        self.forget_user(me.id);
+        tracing::info!(user_id = %me.id, %source, "account deleted");
+        Ok(())
+    }
+
+    /// The account `username` names if `password` is its password, checked
+    /// under the per-address and per-username limits.
+    async fn verify_credentials(&self, username: &str, password: &str, source: IpAddr) -> Result<UserRecord, ApiError> {
         self.guard.login_attempt(source).map_err(ApiError::TooManyRequests)?;
         // Names that cannot exist are refused like wrong passwords, and throttled alike.
         let key = self.throttle.key(username, source);
@@ -135,24 +190,7 @@ impl Accounts {
             return Err(ApiError::InvalidCredentials);
         };
         self.throttle.forget(key);
-        let token = random_token()?;
-        let now = now_ms();
-        let expires_at = now.saturating_add(self.token_ttl.as_millis() as i64);
-        let session = self
-            .store
-            .create_session(NewSession {
-                user_id: user.id,
-                token_hash: token_hash(&token),
-                created_at: now,
-                expires_at,
-            })
-            .await?;
-        tracing::info!(user_id = %user.id, session = session.id.0, "session created");
-        Ok(SessionCreated {
-            token,
-            user_id: user.id,
-            expires_at,
-        })
+        Ok(user)
     }
 
     /// A place in the hashing queue, or `429` at once.
@@ -195,7 +233,8 @@ impl Accounts {
             .session_by_token(&hash, now)
             .await?
             .ok_or(ApiError::Unauthorized)?;
-        let revoked = self.revoked.lock().is_ok_and(|r| r.contains_key(&session.id));
+        let revoked = self.revoked.lock().is_ok_and(|r| r.contains_key(&session.id))
+            || self.deleted.lock().is_ok_and(|d| d.contains_key(&session.user_id));
         if remember && !revoked {
             if self.sessions.len() >= MAX_CACHED_SESSIONS {
                 self.sessions.clear();
@@ -225,6 +264,17 @@ impl Accounts {
             revoked.insert(id, now);
         }
         self.sessions.retain(|_, (s, _)| s.id != id);
+    }
+
+    /// Drops every cached session of a deleted user (here, or told by
+    /// another node).
+    pub fn forget_user(&self, user: UserId) {
+        if let Ok(mut deleted) = self.deleted.lock() {
+            let now = Instant::now();
+            deleted.retain(|_, at| now.duration_since(*at) < SESSION_CACHE_TTL);
+            deleted.insert(user, now);
+        }
+        self.sessions.retain(|_, (s, _)| s.user_id != user);
     }
 }
 

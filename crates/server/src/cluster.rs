@@ -97,6 +97,15 @@ end
 return 0
 ";
 
+/// Which sessions of a user were revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// One session: a logout.
+    Session(SessionId),
+    /// Every session: the account was deleted.
+    Account,
+}
+
 /// What arrived from another node.
 pub enum Incoming {
     /// `receive_message` for `user`.
@@ -105,8 +114,8 @@ pub enum Incoming {
     Delivered(UserId, Sequenced),
     /// A `typing` frame for `user`.
     Typing(UserId, Utf8Bytes),
-    /// Session `1` of user `0` was revoked.
-    Revoked(UserId, SessionId),
+    /// Sessions of user `0` were revoked.
+    Revoked(UserId, Revoked),
     /// A presence change of user `0`; `1` says online.
     Presence(UserId, bool, Utf8Bytes),
     /// A node stopped cleanly; its users not connected elsewhere expire
@@ -394,9 +403,12 @@ impl Cluster {
         self.publish(self.user_channel(user), 't', [0; 4], frame.as_str());
     }
 
-    /// Tells every other node that a session was revoked.
-    pub fn publish_revoked(&self, user: UserId, session: SessionId) {
-        self.publish(self.sessions_channel(), 'r', [session.0, user.get(), 0, 0], "");
+    /// Tells every other node that sessions were revoked.
+    pub fn publish_revoked(&self, user: UserId, revoked: Revoked) {
+        match revoked {
+            Revoked::Session(session) => self.publish(self.sessions_channel(), 'r', [session.0, user.get(), 0, 0], ""),
+            Revoked::Account => self.publish(self.sessions_channel(), 'a', [0, user.get(), 0, 0], ""),
+        }
     }
 
     /// Tells the other nodes' watchers of `user` about a presence change.
@@ -431,7 +443,8 @@ impl Cluster {
             ("user", "m") => Some(Incoming::Message(user, sequenced())),
             ("user", "d") => Some(Incoming::Delivered(user, sequenced())),
             ("user", "t") => Some(Incoming::Typing(user, Utf8Bytes::from(tail))),
-            ("sessions", "r") => Some(Incoming::Revoked(UserId(b), SessionId(a))),
+            ("sessions", "r") => Some(Incoming::Revoked(UserId(b), Revoked::Session(SessionId(a)))),
+            ("sessions", "a") => Some(Incoming::Revoked(UserId(b), Revoked::Account)),
             ("presence", "p") => Some(Incoming::Presence(user, a == 1, Utf8Bytes::from(tail))),
             ("nodes", "l") => Some(Incoming::NodeLeft(Duration::from_millis(u64::try_from(a).ok()?))),
             _ => None,

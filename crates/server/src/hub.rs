@@ -17,12 +17,12 @@ use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use dyad_protocol::events::{PresenceStatus, PresenceView};
 use dyad_protocol::{ConnectionId, MessageId, ServerEvent, UserId};
-use dyad_store::{DeliveredMessage, MessageStore, SessionId, SessionRecord, StoreResult, StoredMessage};
+use dyad_store::{DeliveredMessage, MessageStore, SessionRecord, StoreResult, StoredMessage};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::cluster::{Cluster, Incoming};
+use crate::cluster::{Cluster, Incoming, Revoked};
 use crate::codec::encode;
 use crate::metrics::Metrics;
 use crate::outbound::{Cursors, Kind, Outbound, Sequenced};
@@ -486,23 +486,30 @@ impl Hub {
 
     /// The presence of `user`, or `None` if there is no such user.
     pub async fn presence(&self, user: UserId) -> StoreResult<Option<PresenceView>> {
-        if self.online_anywhere(user).await {
-            return Ok(Some(online(user)));
-        }
+        // The record first: an account deleted a moment ago may still be in
+        // its grace period, but it is offline for good.
         let record = self.store.user_by_id(user).await?;
-        // Re-check: the user may have connected while the store answered.
+        // Then presence: the user may have connected while the store answered.
         let status = if self.online_anywhere(user).await {
             PresenceStatus::Online
         } else {
             PresenceStatus::Offline
         };
-        Ok(record.map(|u| PresenceView {
-            user_id: user,
-            status,
-            last_seen: if status == PresenceStatus::Online {
-                None
-            } else {
-                u.last_seen
+        Ok(record.map(|u| match u.deleted_at {
+            // A deleted account is offline, and was never seen.
+            Some(_) => PresenceView {
+                user_id: user,
+                status: PresenceStatus::Offline,
+                last_seen: None,
+            },
+            None => PresenceView {
+                user_id: user,
+                status,
+                last_seen: if status == PresenceStatus::Online {
+                    None
+                } else {
+                    u.last_seen
+                },
             },
         }))
     }
@@ -572,19 +579,19 @@ impl Hub {
 
     /// Closes every connection opened with `session` (logout), here and on
     /// every node.
-    pub fn close_session(&self, user: UserId, session: SessionId) {
+    pub fn close_revoked(&self, user: UserId, revoked: Revoked) {
         if let Some(cluster) = &self.cluster {
-            cluster.publish_revoked(user, session);
+            cluster.publish_revoked(user, revoked);
         }
-        self.close_session_here(user, session);
+        self.close_revoked_here(user, revoked);
     }
 
-    fn close_session_here(&self, user: UserId, session: SessionId) {
+    fn close_revoked_here(&self, user: UserId, revoked: Revoked) {
         if let Some(entry) = self.users.get(&user) {
             entry
                 .peers
                 .iter()
-                .filter(|p| p.session.id == session)
+                .filter(|p| revoked == Revoked::Account || revoked == Revoked::Session(p.session.id))
                 .for_each(|p| p.close(CloseReason::REVOKED));
         }
     }
@@ -630,7 +637,7 @@ impl Hub {
             Incoming::Typing(user, frame) => {
                 self.relay_here(user, &frame);
             }
-            Incoming::Revoked(user, session) => self.close_session_here(user, session),
+            Incoming::Revoked(user, revoked) => self.close_revoked_here(user, revoked),
             Incoming::Presence(user, is_online, frame) => self.announce_here(user, is_online, &frame),
             Incoming::NodeLeft(grace) => self.check_watched_after(grace),
         }

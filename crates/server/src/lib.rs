@@ -35,7 +35,7 @@ pub use config::Config;
 
 use abuse::AbuseGuard;
 use accounts::Accounts;
-use cluster::Incoming;
+use cluster::{Incoming, Revoked};
 use committer::GroupCommit;
 use flood::FloodControl;
 use hub::{CloseReason, Hub};
@@ -108,8 +108,10 @@ pub async fn serve(
         Some((cluster, tasks)) => {
             let (to_hub, to_accounts) = (hub.clone(), accounts.clone());
             cluster.start(tasks, move |incoming| {
-                if let Incoming::Revoked(_, session) = &incoming {
-                    to_accounts.forget_session(*session);
+                match &incoming {
+                    Incoming::Revoked(_, Revoked::Session(session)) => to_accounts.forget_session(*session),
+                    Incoming::Revoked(user, Revoked::Account) => to_accounts.forget_user(*user),
+                    _ => {}
                 }
                 to_hub.incoming(incoming);
             });

@@ -8,6 +8,7 @@
 //! several nodes); both pass the same conformance tests.
 #![warn(missing_docs)]
 
+mod ids;
 mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -52,6 +53,12 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Replaces a user's password hash and revokes every session of the
     /// user, in one transaction; false if there is no such user.
     async fn reset_password(&self, user: UserId, password_hash: &str) -> StoreResult<bool>;
+    /// Deletes an account in one transaction: its name becomes free to
+    /// register again, its password and last-seen time are erased, its
+    /// sessions are revoked, and sends to it answer `UnknownRecipient`. The
+    /// row stays (as [`UserRecord::deleted_at`]), and so do the messages it
+    /// exchanged. False if there is no such user, or it is already deleted.
+    async fn delete_user(&self, user: UserId, now: i64) -> StoreResult<bool>;
 
     /// Creates (or finds, by username) many accounts and a new session for
     /// each, in one transaction. For provisioning load tests: hashing a

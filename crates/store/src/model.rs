@@ -15,6 +15,9 @@ pub struct UserRecord {
     pub created_at: i64,
     /// When the user was last seen, if ever.
     pub last_seen: Option<i64>,
+    /// When the account was deleted ([`crate::MessageStore::delete_user`]):
+    /// its name and password are then gone, and it cannot log in.
+    pub deleted_at: Option<i64>,
 }
 
 /// A session id (internal; never on the wire).
@@ -162,7 +165,8 @@ pub struct Page {
 pub struct ConversationSummary {
     /// The other participant.
     pub peer_id: UserId,
-    /// Their username.
+    /// Their username; `deleted account` (not a valid name) once their
+    /// account is deleted.
     pub peer_username: String,
     /// The newest message.
     pub last_message: StoredMessage,

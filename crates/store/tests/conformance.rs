@@ -9,6 +9,8 @@ use dyad_store::{MessageStore, NewMessage, NewSession, PageRequest, StoreError, 
 
 struct Fresh {
     store: Arc<dyn MessageStore>,
+    /// Opens the same database again (a restart, or another node).
+    url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -16,9 +18,8 @@ struct Fresh {
 /// schema on the machine's PostgreSQL (which must be running: CI starts it).
 async fn drivers() -> Vec<(&'static str, Fresh)> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = dyad_store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
-        .await
-        .unwrap();
+    let sqlite_url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let sqlite = dyad_store::open(&sqlite_url).await.unwrap();
     let url = dyad_store::testing::scratch_postgres_url()
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {e}", dyad_store::testing::postgres_url()));
@@ -28,6 +29,7 @@ async fn drivers() -> Vec<(&'static str, Fresh)> {
             "sqlite",
             Fresh {
                 store: sqlite,
+                url: sqlite_url,
                 _dir: Some(dir),
             },
         ),
@@ -35,6 +37,7 @@ async fn drivers() -> Vec<(&'static str, Fresh)> {
             "postgres",
             Fresh {
                 store: postgres,
+                url,
                 _dir: None,
             },
         ),
@@ -131,6 +134,133 @@ async fn users_are_unique_by_name_and_found_by_name_and_id() {
         assert_eq!(
             s.user_by_id(alice.id).await.unwrap().unwrap().last_seen,
             Some(1234),
+            "{driver}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn user_ids_are_not_counters_and_outlive_a_restart() {
+    let mut seen_elsewhere = Vec::new();
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let names: Vec<String> = (0..50).map(|i| format!("user{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let ids = users(s, &names).await;
+        let mut raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        // Counters would be 1..=50: these are spread over 2^62, with no two
+        // neighbours among them.
+        assert!(raw.iter().all(|&id| id > 1 << 20), "{driver}: {raw:?}");
+        raw.sort_unstable();
+        assert!(raw.windows(2).all(|w| w[1] - w[0] > 1), "{driver}: {raw:?}");
+        // Another process (a restart, or another node) shows the same ids.
+        let again = dyad_store::open(&fresh.url).await.unwrap();
+        for (id, name) in ids.iter().zip(&names) {
+            assert_eq!(
+                again.user_by_id(*id).await.unwrap().unwrap().username,
+                *name,
+                "{driver}"
+            );
+        }
+        let (m, _) = {
+            let out = again
+                .write_batch(vec![send(ids[0], ids[1], "hi", None)], 5)
+                .await
+                .unwrap();
+            let (m, dup) = stored(&out[0]);
+            (m.clone(), dup)
+        };
+        assert_eq!((m.sender_id, m.recipient_id), (ids[0], ids[1]), "{driver}");
+        let page = s
+            .history(ids[1], ids[0], PageRequest::Before { before: None, limit: 5 })
+            .await
+            .unwrap();
+        assert_eq!(page.messages, vec![m], "{driver}");
+        seen_elsewhere.push(ids[0]);
+    }
+    // Each database has its own key: the first account of one is not the
+    // first account of another.
+    assert_ne!(seen_elsewhere[0], seen_elsewhere[1]);
+}
+
+#[tokio::test]
+async fn a_deleted_account_frees_its_name_and_takes_no_messages_but_keeps_its_history() {
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let ids = users(s, &["alice", "bob", "carol"]).await;
+        let (alice, bob, carol) = (ids[0], ids[1], ids[2]);
+        s.create_session(NewSession {
+            user_id: bob,
+            token_hash: [9; 32],
+            created_at: 0,
+            expires_at: i64::MAX,
+        })
+        .await
+        .unwrap();
+        s.set_last_seen(&[(bob, 77)]).await.unwrap();
+        let out = s
+            .write_batch(
+                vec![send(alice, bob, "before", None), send(bob, alice, "reply", None)],
+                10,
+            )
+            .await
+            .unwrap();
+        let (first, _) = stored(&out[0]);
+        let first = first.clone();
+
+        assert!(s.delete_user(bob, 20).await.unwrap(), "{driver}");
+        assert!(!s.delete_user(bob, 21).await.unwrap(), "{driver}: only once");
+        assert!(
+            !s.delete_user(UserId(12345), 21).await.unwrap(),
+            "{driver}: no such user"
+        );
+
+        let gone = s.user_by_id(bob).await.unwrap().unwrap();
+        assert_eq!(gone.deleted_at, Some(20), "{driver}");
+        assert_eq!((gone.password_hash.as_str(), gone.last_seen), ("", None), "{driver}");
+        assert_ne!(gone.username, "bob", "{driver}");
+        assert!(s.user_by_username("bob").await.unwrap().is_none(), "{driver}");
+        assert!(s.user_by_username(&gone.username).await.unwrap().is_none(), "{driver}");
+        assert!(s.session_by_token(&[9; 32], 30).await.unwrap().is_none(), "{driver}");
+        assert!(!s.reset_password(bob, "x").await.unwrap(), "{driver}");
+        s.set_last_seen(&[(bob, 88)]).await.unwrap();
+        assert_eq!(
+            s.user_by_id(bob).await.unwrap().unwrap().last_seen,
+            None,
+            "{driver}: never seen again"
+        );
+
+        // Sends to it fail, in the conversation it had and in a new one.
+        let out = s
+            .write_batch(vec![send(alice, bob, "after", None), send(carol, bob, "new", None)], 30)
+            .await
+            .unwrap();
+        assert!(
+            out.iter().all(|o| matches!(o, WriteOutcome::UnknownRecipient)),
+            "{driver}: {out:?}"
+        );
+        // Its name is free; the new account is someone else.
+        let new_bob = s.create_user("bob", "h", 40).await.unwrap();
+        assert_ne!(new_bob.id, bob, "{driver}");
+        // Alice keeps the conversation, under a name that is no one's.
+        let page = s
+            .history(
+                alice,
+                bob,
+                PageRequest::Before {
+                    before: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len(), 2, "{driver}");
+        assert_eq!(page.messages[1], first, "{driver}");
+        let list = s.conversations(alice, 10).await.unwrap();
+        assert_eq!(list.len(), 1, "{driver}");
+        assert_eq!(
+            (list[0].peer_id, list[0].peer_username.as_str()),
+            (bob, "deleted account"),
             "{driver}"
         );
     }

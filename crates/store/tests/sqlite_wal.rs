@@ -1,9 +1,11 @@
 //! The SQLite driver's files: its write-ahead log stays bounded under steady
-//! writes, and every file is readable by its owner only.
+//! writes, every file is readable by its owner only, and a running store
+//! sees what another process wrote to them.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use dyad_protocol::UserId;
-use dyad_store::{NewMessage, WriteOp};
+use dyad_store::sqlite::SqliteStore;
+use dyad_store::{MessageStore, NewMessage, WriteOp, WriteOutcome};
 
 #[tokio::test]
 async fn the_wal_stays_bounded_under_steady_writes() {
@@ -57,4 +59,34 @@ async fn the_data_folder_and_its_files_are_owner_only() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let _store = dyad_store::open(&format!("sqlite://{}", path.display())).await.unwrap();
     assert_eq!(mode(&path), 0o600);
+}
+
+#[tokio::test]
+async fn a_running_store_sees_what_another_process_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    // The server, and `dyad admin …` run beside it: two writers on one file.
+    let server = SqliteStore::open(&path).unwrap();
+    let admin = SqliteStore::open(&path).unwrap();
+    let alice = server.create_user("alice", "h", 0).await.unwrap().id;
+    let bob = server.create_user("bob", "h", 0).await.unwrap().id;
+    let send = || {
+        vec![WriteOp::Send(NewMessage {
+            sender_id: alice,
+            recipient_id: bob,
+            body: "hi".into(),
+            client_msg_id: None,
+        })]
+    };
+    let seq = |out: &[WriteOutcome]| match &out[0] {
+        WriteOutcome::Stored { message, .. } => message.seq,
+        other => panic!("expected Stored, got {other:?}"),
+    };
+    assert_eq!(seq(&server.write_batch(send(), 1).await.unwrap()), 1);
+    assert_eq!(seq(&admin.write_batch(send(), 2).await.unwrap()), 2);
+    // The server's cached counter is stale; it must not reuse seq 2.
+    assert_eq!(seq(&server.write_batch(send(), 3).await.unwrap()), 3);
+    assert!(admin.delete_user(bob, 4).await.unwrap());
+    let out = server.write_batch(send(), 5).await.unwrap();
+    assert!(matches!(out[0], WriteOutcome::UnknownRecipient), "{out:?}");
 }

@@ -1,4 +1,4 @@
-//! Registration, login, the throttle, tokens and logout.
+//! Registration, login, the throttle, tokens, logout and account deletion.
 
 use dyad_client::protocol::ErrorCode;
 use dyad_client::{Client, ClientError};
@@ -177,6 +177,68 @@ async fn logout_kills_the_token_and_closes_only_its_sockets() {
     );
     assert_eq!(api_error(alice.client.logout().await), (401, ErrorCode::Unauthorized));
     other_session.client.conversations().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_account_is_gone_everywhere_but_its_peers_keep_their_history() {
+    use dyad_client::protocol::events::PresenceStatus;
+    let server = TestServer::spawn().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let bobs_phone = server.login("bob").await;
+    let mut bob_ws = bob.connect().await;
+    let mut phone_ws = bobs_phone.connect().await;
+    let mut alice_ws = alice.connect().await;
+    alice_ws.send_and_ack(bob.id, "hello", "k1").await;
+    bob_ws.expect_message().await;
+    phone_ws.expect_message().await;
+
+    // A wrong password, or none, changes nothing.
+    assert_eq!(
+        api_error(bob.client.delete_account("not my password").await),
+        (401, ErrorCode::InvalidCredentials)
+    );
+    let stranger = server.client().with_token("not-a-token", bob.id);
+    assert_eq!(
+        api_error(stranger.delete_account(PASSWORD).await),
+        (401, ErrorCode::Unauthorized)
+    );
+    bob.client.conversations().await.unwrap();
+
+    bob.client.delete_account(PASSWORD).await.unwrap();
+    // Every session ends, with its sockets.
+    assert_eq!(bob_ws.expect_close().await, 1008);
+    assert_eq!(phone_ws.expect_close().await, 1008);
+    for session in [&bob.client, &bobs_phone.client] {
+        assert_eq!(api_error(session.conversations().await), (401, ErrorCode::Unauthorized));
+    }
+    // Login and lookup answer as for someone who never existed.
+    assert_eq!(
+        api_error(server.client().login("bob", PASSWORD).await),
+        (401, ErrorCode::InvalidCredentials)
+    );
+    assert_eq!(
+        api_error(alice.client.user_by_username("bob").await),
+        (404, ErrorCode::UserNotFound)
+    );
+    let presence = alice.client.status(bob.id).await.unwrap();
+    assert_eq!((presence.status, presence.last_seen), (PresenceStatus::Offline, None));
+    // Messages to it are refused; what was said stays with Alice.
+    alice_ws.send(bob.id, "are you there?", Some("k2")).await;
+    alice_ws.expect_error(ErrorCode::UnknownRecipient).await;
+    let history = alice.history(bob.id, &[]).await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].message, "hello");
+    let list = alice.client.conversations().await.unwrap().conversations;
+    assert_eq!(
+        (list[0].user_id, list[0].username.as_str()),
+        (bob.id, "deleted account")
+    );
+    // The name is free again, for someone new.
+    let new_bob = server.user("bob").await;
+    assert_ne!(new_bob.id, bob.id);
+    assert_eq!(alice.client.user_by_username("bob").await.unwrap().user_id, new_bob.id);
     server.stop().await;
 }
 

@@ -55,3 +55,41 @@ async fn the_operator_adds_an_account_and_resets_its_password_while_the_server_r
     let old = server.client().with_token(first.token, first.user_id);
     assert_eq!(api_error(old.conversations().await), (401, ErrorCode::Unauthorized));
 }
+
+#[tokio::test]
+async fn the_operator_deletes_an_account_while_the_server_runs() {
+    let server = TestServer::spawn().await;
+    let alice = server.user("alice").await;
+    let mallory = server.user("mallory").await;
+    let mut alice_ws = alice.connect().await;
+    alice_ws.send_and_ack(mallory.id, "hi", "k1").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("unused.json");
+    let database = format!("sqlite://{}", server.db_path.display());
+    let out = run(
+        &config,
+        &["admin", "user", "delete", "Mallory", "--database", &database],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        &config,
+        &["admin", "user", "delete", "mallory", "--database", &database],
+        "",
+    )
+    .await;
+    assert!(!out.status.success(), "a second delete finds no one");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user mallory"));
+
+    assert_eq!(
+        api_error(server.client().login("mallory", PASSWORD).await),
+        (401, ErrorCode::InvalidCredentials)
+    );
+    // The running server refuses messages to the account at once, though
+    // it had the conversation cached.
+    alice_ws.send(mallory.id, "still there?", Some("k2")).await;
+    alice_ws.expect_error(ErrorCode::UnknownRecipient).await;
+    server.stop().await;
+}

@@ -35,6 +35,7 @@ async fn the_document_names_every_route_and_each_4xx_has_the_error_body() {
             "/api/v1/sessions/current",
             "/api/v1/users",
             "/api/v1/users/by-username/{username}",
+            "/api/v1/users/me",
             "/api/v1/users/{user_id}/status",
             "/api/v1/ws",
         ]

@@ -39,6 +39,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .routes(routes!(rest::register))
         .routes(routes!(rest::login))
         .routes(routes!(rest::logout))
+        .routes(routes!(rest::delete_account))
         .routes(routes!(rest::user_by_username))
         .routes(routes!(rest::user_status))
         .routes(routes!(rest::history))

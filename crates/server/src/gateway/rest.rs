@@ -10,13 +10,15 @@ use axum::http::StatusCode;
 use dyad_protocol::UserId;
 use dyad_protocol::events::PresenceView;
 use dyad_protocol::rest::{
-    ConversationList, ConversationView, Credentials, ErrorBody, HistoryPage, SessionCreated, UserCreated, UserSummary,
+    ConversationList, ConversationView, Credentials, ErrorBody, HistoryPage, PasswordConfirmation, SessionCreated,
+    UserCreated, UserSummary,
 };
 use dyad_store::PageRequest;
 
 use super::{Authed, Source};
 use crate::App;
 use crate::abuse::Limit;
+use crate::cluster::Revoked;
 use crate::domain::Username;
 use crate::errors::ApiError;
 
@@ -79,7 +81,29 @@ pub(crate) async fn login(
     ))]
 pub(crate) async fn logout(State(app): State<Arc<App>>, Authed(session): Authed) -> Result<StatusCode, ApiError> {
     app.accounts.logout(&session).await?;
-    app.hub.close_session(session.user_id, session.id);
+    app.hub.close_revoked(session.user_id, Revoked::Session(session.id));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/users/me`: delete the caller's account.
+#[utoipa::path(delete, path = "/api/v1/users/me", tag = "accounts", security(("bearer" = [])),
+    request_body = PasswordConfirmation,
+    responses(
+        (status = 204, description = "Deleted: every session is revoked and its WebSockets closed; the name is free; \
+            the peers keep the messages exchanged"),
+        (status = 400, description = "`invalid_body`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`, or `invalid_credentials` for a wrong password", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts` or `too_many_requests`; see `Retry-After`", body = ErrorBody),
+    ))]
+pub(crate) async fn delete_account(
+    State(app): State<Arc<App>>,
+    Source(source): Source,
+    Authed(session): Authed,
+    body: Result<Json<PasswordConfirmation>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
+    app.accounts.delete_account(&session, &body.password, source).await?;
+    app.hub.close_revoked(session.user_id, Revoked::Account);
     Ok(StatusCode::NO_CONTENT)
 }
 

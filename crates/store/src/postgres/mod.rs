@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dyad_protocol::{MessageId, UserId};
+
+use crate::ids::IdCipher;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -43,7 +45,15 @@ use messages;
 /// The columns `user` reads, in its order.
 macro_rules! user_columns {
     () => {
-        "id, username, password_hash, created_at, last_seen"
+        "id, username, password_hash, created_at, last_seen, deleted_at"
+    };
+}
+
+/// Revokes every session of user `$1` in the same statement (so in one
+/// transaction) as the update of its row that follows.
+macro_rules! ending_sessions {
+    () => {
+        "WITH ended AS (UPDATE sessions SET revoked = true WHERE user_id = $1) "
     };
 }
 
@@ -74,6 +84,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// A message store on PostgreSQL.
 pub struct PostgresStore {
     pool: PgPool,
+    ids: IdCipher,
     writer: mpsc::UnboundedSender<WriteJob>,
 }
 
@@ -93,14 +104,15 @@ impl PostgresStore {
         let options = options.application_name("dyad");
         let mut conn = options.connect().await.map_err(backend)?;
         schema::migrate(&mut conn).await.map_err(backend)?;
+        let ids = schema::id_cipher(&mut conn).await.map_err(backend)?;
         conn.close().await.map_err(backend)?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Duration::from_secs(60))
             .connect_lazy_with(options.clone());
-        let writer = spawn_writer(options)?;
-        Ok(PostgresStore { pool, writer })
+        let writer = spawn_writer(options, ids)?;
+        Ok(PostgresStore { pool, ids, writer })
     }
 }
 
@@ -109,7 +121,7 @@ impl PostgresStore {
 /// server's runtime each reply waited behind thousands of WebSocket tasks
 /// (measured: ~20 ms per batch beyond PostgreSQL's own time at 10,000
 /// messages/s), here it is picked up at once.
-fn spawn_writer(options: PgConnectOptions) -> StoreResult<mpsc::UnboundedSender<WriteJob>> {
+fn spawn_writer(options: PgConnectOptions, ids: IdCipher) -> StoreResult<mpsc::UnboundedSender<WriteJob>> {
     let (jobs, mut queue) = mpsc::unbounded_channel::<WriteJob>();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -135,7 +147,7 @@ fn spawn_writer(options: PgConnectOptions) -> StoreResult<mpsc::UnboundedSender<
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect_lazy_with(options);
                 while let Some((ops, now, reply)) = queue.recv().await {
-                    let _ = reply.send(write::write_batch(&pool, ops, now).await);
+                    let _ = reply.send(write::write_batch(&pool, ids, ops, now).await);
                 }
                 pool.close().await;
             });
@@ -148,16 +160,16 @@ pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn message(row: &PgRow) -> sqlx::Result<StoredMessage> {
-    message_at(row, 0)
+fn message(row: &PgRow, ids: IdCipher) -> sqlx::Result<StoredMessage> {
+    message_at(row, 0, ids)
 }
 
 /// A message read from `message_columns!()` starting at column `at`.
-fn message_at(row: &PgRow, at: usize) -> sqlx::Result<StoredMessage> {
+fn message_at(row: &PgRow, at: usize, ids: IdCipher) -> sqlx::Result<StoredMessage> {
     Ok(StoredMessage {
         id: MessageId(row.try_get(at)?),
-        sender_id: UserId(row.try_get(at + 1)?),
-        recipient_id: UserId(row.try_get(at + 2)?),
+        sender_id: ids.user(row.try_get(at + 1)?),
+        recipient_id: ids.user(row.try_get(at + 2)?),
         body: row.try_get(at + 3)?,
         timestamp: row.try_get(at + 4)?,
         seq: row.try_get(at + 5)?,
@@ -165,13 +177,14 @@ fn message_at(row: &PgRow, at: usize) -> sqlx::Result<StoredMessage> {
     })
 }
 
-fn user(row: &PgRow) -> sqlx::Result<UserRecord> {
+fn user(row: &PgRow, ids: IdCipher) -> sqlx::Result<UserRecord> {
     Ok(UserRecord {
-        id: UserId(row.try_get(0)?),
+        id: ids.user(row.try_get(0)?),
         username: row.try_get(1)?,
         password_hash: row.try_get(2)?,
         created_at: row.try_get(3)?,
         last_seen: row.try_get(4)?,
+        deleted_at: row.try_get(5)?,
     })
 }
 
@@ -196,36 +209,40 @@ impl MessageStore for PostgresStore {
         .fetch_one(&self.pool)
         .await;
         match row {
-            Ok(row) => user(&row).map_err(backend),
+            Ok(row) => user(&row, self.ids).map_err(backend),
             Err(e) if is_unique_violation(&e) => Err(StoreError::UsernameTaken),
             Err(e) => Err(backend(e)),
         }
     }
 
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1"))
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?
-            .map(|row| user(&row).map_err(backend))
-            .transpose()
+        sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE username = $1 AND deleted_at IS NULL"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .map(|row| user(&row, self.ids).map_err(backend))
+        .transpose()
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
         sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
-            .bind(id.get())
+            .bind(self.ids.user_row(id))
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| user(&row).map_err(backend))
+            .map(|row| user(&row, self.ids).map_err(backend))
             .transpose()
     }
 
     async fn set_last_seen(&self, seen: &[(UserId, i64)]) -> StoreResult<()> {
-        let (ids, at): (Vec<i64>, Vec<i64>) = seen.iter().map(|(u, t)| (u.get(), *t)).unzip();
+        let (ids, at): (Vec<i64>, Vec<i64>) = seen.iter().map(|(u, t)| (self.ids.user_row(*u), *t)).unzip();
         sqlx::query(
-            "UPDATE users SET last_seen = s.at FROM unnest($1::int8[], $2::int8[]) AS s(id, at) WHERE users.id = s.id",
+            "UPDATE users SET last_seen = s.at FROM unnest($1::int8[], $2::int8[]) AS s(id, at) WHERE users.id = s.id AND users.deleted_at IS NULL",
         )
         .bind(ids)
         .bind(at)
@@ -236,20 +253,34 @@ impl MessageStore for PostgresStore {
     }
 
     async fn reset_password(&self, user: UserId, password_hash: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        let changed = sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
-            .bind(user.get())
-            .bind(password_hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?
-            .rows_affected();
-        sqlx::query("UPDATE sessions SET revoked = true WHERE user_id = $1")
-            .bind(user.get())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        let changed = sqlx::query(concat!(
+            ending_sessions!(),
+            "UPDATE users SET password_hash = $2 WHERE id = $1 AND deleted_at IS NULL"
+        ))
+        .bind(self.ids.user_row(user))
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn delete_user(&self, user: UserId, now: i64) -> StoreResult<bool> {
+        // The name becomes one no user can choose ('#' is not allowed),
+        // random so that it tells nothing.
+        let changed = sqlx::query(concat!(
+            ending_sessions!(),
+            "UPDATE users SET username = '#' || md5(gen_random_uuid()::text), password_hash = '',
+                              last_seen = NULL, deleted_at = $2
+             WHERE id = $1 AND deleted_at IS NULL"
+        ))
+        .bind(self.ids.user_row(user))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
         Ok(changed == 1)
     }
 
@@ -299,14 +330,14 @@ impl MessageStore for PostgresStore {
         .await
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        Ok(ids.into_iter().map(UserId).collect())
+        Ok(ids.into_iter().map(|row| self.ids.user(row)).collect())
     }
 
     async fn create_session(&self, s: NewSession) -> StoreResult<SessionRecord> {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO sessions (user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
-        .bind(s.user_id.get())
+        .bind(self.ids.user_row(s.user_id))
         .bind(&s.token_hash[..])
         .bind(s.created_at)
         .bind(s.expires_at)
@@ -332,7 +363,7 @@ impl MessageStore for PostgresStore {
         row.map(|r| {
             Ok::<_, sqlx::Error>(SessionRecord {
                 id: SessionId(r.try_get(0)?),
-                user_id: UserId(r.try_get(1)?),
+                user_id: self.ids.user(r.try_get(1)?),
                 expires_at: r.try_get(2)?,
             })
         })
@@ -364,7 +395,8 @@ impl MessageStore for PostgresStore {
     }
 
     async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page> {
-        let (lo, hi) = (a.get().min(b.get()), a.get().max(b.get()));
+        let (a, b) = (self.ids.user_row(a), self.ids.user_row(b));
+        let (lo, hi) = (a.min(b), a.max(b));
         let (sql, bound, n) = match page {
             PageRequest::Before { before, limit } => (page_query!("<", "DESC"), before.unwrap_or(i64::MAX), limit),
             PageRequest::After { after, limit } => (page_query!(">", "ASC"), after, limit),
@@ -379,7 +411,7 @@ impl MessageStore for PostgresStore {
             .map_err(backend)?;
         let mut messages = rows
             .iter()
-            .map(message)
+            .map(|r| message(r, self.ids))
             .collect::<sqlx::Result<Vec<_>>>()
             .map_err(backend)?;
         let has_more = messages.len() > n;
@@ -401,19 +433,22 @@ impl MessageStore for PostgresStore {
              WHERE p.recipient_id = $1 AND p.message_id > $2 AND p.message_id <= $3
              ORDER BY p.message_id LIMIT $4",
         )
-        .bind(recipient.get())
+        .bind(self.ids.user_row(recipient))
         .bind(after.get())
         .bind(upto.get())
         .bind(limit(n))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter().map(message).collect::<sqlx::Result<_>>().map_err(backend)
+        rows.iter()
+            .map(|r| message(r, self.ids))
+            .collect::<sqlx::Result<_>>()
+            .map_err(backend)
     }
 
     async fn conversations(&self, user: UserId, n: usize) -> StoreResult<Vec<ConversationSummary>> {
         let rows = sqlx::query(concat!(
-            "SELECT u.id, u.username, ",
+            "SELECT u.id, CASE WHEN u.deleted_at IS NULL THEN u.username ELSE 'deleted account' END, ",
             message_columns!(),
             " FROM (SELECT user_hi AS peer, last_message_id, last_ts FROM conversations WHERE user_lo = $1 AND last_seq > 0
                    UNION ALL
@@ -424,7 +459,7 @@ impl MessageStore for PostgresStore {
              ORDER BY c.last_ts DESC
              LIMIT $2"
         ))
-        .bind(user.get())
+        .bind(self.ids.user_row(user))
         .bind(limit(n))
         .fetch_all(&self.pool)
         .await
@@ -432,9 +467,9 @@ impl MessageStore for PostgresStore {
         rows.iter()
             .map(|r| {
                 Ok(ConversationSummary {
-                    peer_id: UserId(r.try_get(0)?),
+                    peer_id: self.ids.user(r.try_get(0)?),
                     peer_username: r.try_get(1)?,
-                    last_message: message_at(r, 2)?,
+                    last_message: message_at(r, 2, self.ids)?,
                 })
             })
             .collect::<sqlx::Result<_>>()
@@ -447,12 +482,12 @@ impl MessageStore for PostgresStore {
              UNION ALL
              SELECT user_lo, last_seq FROM conversations WHERE user_hi = $1 AND last_seq > 0",
         )
-        .bind(user.get())
+        .bind(self.ids.user_row(user))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
         rows.iter()
-            .map(|r| Ok((UserId(r.try_get(0)?), r.try_get(1)?)))
+            .map(|r| Ok((self.ids.user(r.try_get(0)?), r.try_get(1)?)))
             .collect::<sqlx::Result<_>>()
             .map_err(backend)
     }

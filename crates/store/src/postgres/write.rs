@@ -13,11 +13,12 @@
 
 use std::collections::HashMap;
 
-use dyad_protocol::{MessageId, UserId};
+use dyad_protocol::MessageId;
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
 
 use super::{backend, message_at, message_columns, messages};
+use crate::ids::IdCipher;
 use crate::{DeliveredMessage, NewMessage, StoreResult, StoredMessage, WriteOp, WriteOutcome, client_key};
 
 /// How often a batch is rerun after a deadlock before the error stands.
@@ -32,11 +33,16 @@ struct Head {
     last_message_id: i64,
 }
 
-pub(super) async fn write_batch(pool: &PgPool, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>> {
+pub(super) async fn write_batch(
+    pool: &PgPool,
+    ids: IdCipher,
+    ops: Vec<WriteOp>,
+    now: i64,
+) -> StoreResult<Vec<WriteOutcome>> {
     let mut attempt = 1;
     loop {
         let mut tx = pool.begin().await.map_err(backend)?;
-        let result = run(&mut tx, &ops, now).await;
+        let result = run(&mut tx, ids, &ops, now).await;
         let result = match result {
             Ok(outcomes) => tx.commit().await.map(|()| outcomes),
             Err(e) => Err(e),
@@ -57,7 +63,7 @@ fn is_transient(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
-async fn run(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Result<Vec<WriteOutcome>> {
+async fn run(conn: &mut PgConnection, ids: IdCipher, ops: &[WriteOp], now: i64) -> sqlx::Result<Vec<WriteOutcome>> {
     let sends: Vec<&NewMessage> = ops
         .iter()
         .filter_map(|op| match op {
@@ -67,11 +73,11 @@ async fn run(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Result
         .collect();
     // Deliveries first: they lock no conversation, so the locks the sends
     // take below are held for as short a time as possible.
-    let mut delivered = deliver(conn, ops, now).await?.into_iter();
+    let mut delivered = deliver(conn, ids, ops, now).await?.into_iter();
     let mut stored = if sends.is_empty() {
         Vec::new()
     } else {
-        store_sends(conn, &sends, now).await?
+        store_sends(conn, ids, &sends, now).await?
     }
     .into_iter();
     // Outcomes in the order of the operations.
@@ -86,21 +92,27 @@ async fn run(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Result
     Ok(outcomes)
 }
 
-fn pair(m: &NewMessage) -> (i64, i64) {
-    let (s, r) = (m.sender_id.get(), m.recipient_id.get());
+/// The row numbers of a message's two users, lower first: its conversation's key.
+fn pair(ids: IdCipher, m: &NewMessage) -> (i64, i64) {
+    let (s, r) = (ids.user_row(m.sender_id), ids.user_row(m.recipient_id));
     (s.min(r), s.max(r))
 }
 
 /// Stores the sends; one outcome per send, in order.
-async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -> sqlx::Result<Vec<WriteOutcome>> {
-    // The conversations, locked in id order. A conversation that exists
-    // proves both its users do (users are never deleted), so the usual batch
-    // needs this one statement; only pairs without one yet are checked and
-    // created below.
+async fn store_sends(
+    conn: &mut PgConnection,
+    ids: IdCipher,
+    sends: &[&NewMessage],
+    now: i64,
+) -> sqlx::Result<Vec<WriteOutcome>> {
+    // The conversations, locked in id order. A conversation that `lock`
+    // finds proves both its users exist and are not deleted, so the usual
+    // batch needs this one statement; only pairs without one yet are checked
+    // and created below.
     let mut pairs: Vec<(i64, i64)> = sends
         .iter()
         .filter(|m| m.sender_id != m.recipient_id)
-        .map(|m| pair(m))
+        .map(|m| pair(ids, m))
         .collect();
     pairs.sort_unstable();
     pairs.dedup();
@@ -114,7 +126,8 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
         sqlx::query(
             "INSERT INTO conversations (user_lo, user_hi)
              SELECT k.lo, k.hi FROM unnest($1::int8[], $2::int8[]) AS k(lo, hi)
-             WHERE EXISTS (SELECT 1 FROM users WHERE id = k.lo) AND EXISTS (SELECT 1 FROM users WHERE id = k.hi)
+             WHERE EXISTS (SELECT 1 FROM users WHERE id = k.lo AND deleted_at IS NULL)
+               AND EXISTS (SELECT 1 FROM users WHERE id = k.hi AND deleted_at IS NULL)
              ON CONFLICT (user_lo, user_hi) DO NOTHING",
         )
         .bind(&los)
@@ -126,7 +139,7 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
     // A send is valid if its conversation exists now (a self-send is refused
     // like an unknown user).
     let valid = |m: &NewMessage, heads: &HashMap<(i64, i64), Head>| {
-        m.sender_id != m.recipient_id && heads.contains_key(&pair(m))
+        m.sender_id != m.recipient_id && heads.contains_key(&pair(ids, m))
     };
 
     // In one round trip: the messages already stored under the keys this
@@ -136,7 +149,11 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
     let valid_sends: Vec<&&NewMessage> = sends.iter().filter(|m| valid(m, &heads)).collect();
     let (senders, keys): (Vec<i64>, Vec<i64>) = valid_sends
         .iter()
-        .filter_map(|m| m.client_msg_id.as_deref().map(|k| (m.sender_id.get(), client_key(k))))
+        .filter_map(|m| {
+            m.client_msg_id
+                .as_deref()
+                .map(|k| (ids.user_row(m.sender_id), client_key(k)))
+        })
         .unzip();
     let rows = sqlx::query(concat!(
         "WITH fresh AS (SELECT array_agg(nextval('message_ids')) AS ids FROM generate_series(1, $3))
@@ -151,17 +168,17 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
     .bind(i64::try_from(valid_sends.len()).unwrap_or(i64::MAX))
     .fetch_all(&mut *conn)
     .await?;
-    let mut ids: Vec<i64> = match rows.first() {
+    let mut fresh: Vec<i64> = match rows.first() {
         Some(row) => row.try_get::<Option<Vec<i64>>, _>(0)?.unwrap_or_default(),
         None => Vec::new(),
     };
-    ids.sort_unstable();
-    let mut ids = ids.into_iter();
+    fresh.sort_unstable();
+    let mut fresh = fresh.into_iter();
     let mut originals: HashMap<(i64, String), StoredMessage> = HashMap::new();
     for row in &rows {
         // Hash matches are compared in full: a collision is a new message.
         if let Some(key) = row.try_get::<Option<String>, _>(8)? {
-            let m = message_at(row, 1)?;
+            let m = message_at(row, 1, ids)?;
             originals.insert((m.sender_id.get(), key), m);
         }
     }
@@ -184,11 +201,11 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
             });
             continue;
         }
-        let key = pair(m);
+        let key = pair(ids, m);
         let head = heads
             .get_mut(&key)
             .ok_or_else(|| sqlx::Error::Protocol("conversation not locked".into()))?;
-        let id = ids
+        let id = fresh
             .next()
             .ok_or_else(|| sqlx::Error::Protocol("too few message ids".into()))?;
         head.last_seq += 1;
@@ -203,7 +220,7 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
             seq: head.last_seq,
             delivered_at: None,
         };
-        rows.push(head.id, &message, m.client_msg_id.as_deref());
+        rows.push(ids, head.id, &message, m.client_msg_id.as_deref());
         // A second send with the same key in this batch is a retry of this one.
         if let Some(k) = &m.client_msg_id {
             originals.insert((m.sender_id.get(), k.clone()), message.clone());
@@ -220,7 +237,8 @@ async fn store_sends(conn: &mut PgConnection, sends: &[&NewMessage], now: i64) -
 }
 
 /// Locks the conversations of `pairs` (sorted) in id order and reads their
-/// counters; pairs without a conversation are left out.
+/// counters; pairs without a conversation, or with a deleted user, are
+/// left out.
 async fn lock(conn: &mut PgConnection, pairs: &[(i64, i64)]) -> sqlx::Result<HashMap<(i64, i64), Head>> {
     let mut heads = HashMap::with_capacity(pairs.len());
     if pairs.is_empty() {
@@ -228,9 +246,10 @@ async fn lock(conn: &mut PgConnection, pairs: &[(i64, i64)]) -> sqlx::Result<Has
     }
     let (los, his): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
     let rows = sqlx::query(
-        "SELECT id, user_lo, user_hi, last_seq, last_ts, last_message_id FROM conversations
-         WHERE (user_lo, user_hi) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))
-         ORDER BY id FOR UPDATE",
+        "SELECT c.id, c.user_lo, c.user_hi, c.last_seq, c.last_ts, c.last_message_id FROM conversations c
+         WHERE (c.user_lo, c.user_hi) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))
+           AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id IN (c.user_lo, c.user_hi) AND u.deleted_at IS NOT NULL)
+         ORDER BY c.id FOR UPDATE OF c",
     )
     .bind(&los)
     .bind(&his)
@@ -263,12 +282,12 @@ struct NewRows<'a> {
 }
 
 impl<'a> NewRows<'a> {
-    fn push(&mut self, conversation: i64, m: &StoredMessage, key: Option<&'a str>) {
+    fn push(&mut self, ids: IdCipher, conversation: i64, m: &StoredMessage, key: Option<&'a str>) {
         self.ids.push(m.id.get());
         self.conversations.push(conversation);
         self.seqs.push(m.seq);
-        self.senders.push(m.sender_id.get());
-        self.recipients.push(m.recipient_id.get());
+        self.senders.push(ids.user_row(m.sender_id));
+        self.recipients.push(ids.user_row(m.recipient_id));
         self.bodies.push(m.body.clone());
         self.timestamps.push(m.timestamp);
         self.keys.push(key);
@@ -311,7 +330,12 @@ impl<'a> NewRows<'a> {
 }
 
 /// Marks acknowledged messages delivered; one list per `Deliver` op, in order.
-async fn deliver(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Result<Vec<Vec<DeliveredMessage>>> {
+async fn deliver(
+    conn: &mut PgConnection,
+    users: IdCipher,
+    ops: &[WriteOp],
+    now: i64,
+) -> sqlx::Result<Vec<Vec<DeliveredMessage>>> {
     let mut ids = Vec::new();
     let mut recipients = Vec::new();
     for op in ops {
@@ -322,7 +346,7 @@ async fn deliver(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Re
         {
             for id in message_ids {
                 ids.push(id.get());
-                recipients.push(recipient_id.get());
+                recipients.push(users.user_row(*recipient_id));
             }
         }
     }
@@ -361,10 +385,10 @@ async fn deliver(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> sqlx::Re
         {
             let mut list = Vec::new();
             for id in message_ids {
-                if let Some((sender, seq)) = newly.remove(&(id.get(), recipient_id.get())) {
+                if let Some((sender, seq)) = newly.remove(&(id.get(), users.user_row(*recipient_id))) {
                     list.push(DeliveredMessage {
                         id: *id,
-                        sender_id: UserId(sender),
+                        sender_id: users.user(sender),
                         recipient_id: *recipient_id,
                         seq,
                         delivered_at: now,

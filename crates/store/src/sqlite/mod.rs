@@ -16,6 +16,7 @@ use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::ids::IdCipher;
 use crate::{
     ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId, SessionRecord,
     StoreError, StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
@@ -42,6 +43,7 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     reader_slots: Semaphore,
     path: PathBuf,
+    ids: IdCipher,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -125,6 +127,7 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
         schema::migrate(&mut conn).map_err(backend)?;
+        let ids = schema::id_cipher(&conn).map_err(backend)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
@@ -138,7 +141,7 @@ impl SqliteStore {
             r.pragma_update(None, "mmap_size", READER_MMAP_BYTES).map_err(backend)?;
             readers.push(r);
         }
-        let jobs = Writer::spawn(conn).map_err(backend)?;
+        let jobs = Writer::spawn(conn, ids).map_err(backend)?;
         let checkpointer = spawn_checkpointer(path)?;
         Ok(SqliteStore {
             _checkpointer: checkpointer,
@@ -146,6 +149,7 @@ impl SqliteStore {
             readers: Mutex::new(readers),
             reader_slots: Semaphore::new(READERS),
             path: path.to_owned(),
+            ids,
         })
     }
 
@@ -206,30 +210,36 @@ impl MessageStore for SqliteStore {
                 return Err(StoreError::UsernameTaken);
             }
             Ok(UserRecord {
-                id: UserId(w.conn.last_insert_rowid()),
+                id: w.ids.user(w.conn.last_insert_rowid()),
                 username,
                 password_hash,
                 created_at: now,
                 last_seen: None,
+                deleted_at: None,
             })
         })
         .await
     }
 
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        let username = username.to_owned();
+        let (username, ids) = (username.to_owned(), self.ids);
         self.read(move |c| {
-            c.prepare_cached(concat!("SELECT ", user_columns!(), " FROM users WHERE username = ?1"))?
-                .query_row([username], rows::user)
-                .optional()
+            c.prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE username = ?1 AND deleted_at IS NULL"
+            ))?
+            .query_row([username], |r| rows::user(r, ids))
+            .optional()
         })
         .await
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        let ids = self.ids;
         self.read(move |c| {
             c.prepare_cached(concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?1"))?
-                .query_row([id.get()], rows::user)
+                .query_row([ids.user_row(id)], |r| rows::user(r, ids))
                 .optional()
         })
         .await
@@ -241,10 +251,10 @@ impl MessageStore for SqliteStore {
             let tx = w.conn.transaction().map_err(backend)?;
             {
                 let mut stmt = tx
-                    .prepare_cached("UPDATE users SET last_seen = ?2 WHERE id = ?1")
+                    .prepare_cached("UPDATE users SET last_seen = ?2 WHERE id = ?1 AND deleted_at IS NULL")
                     .map_err(backend)?;
                 for (user, at) in &seen {
-                    stmt.execute(params![user.get(), at]).map_err(backend)?;
+                    stmt.execute(params![w.ids.user_row(*user), at]).map_err(backend)?;
                 }
             }
             tx.commit().map_err(backend)
@@ -255,16 +265,40 @@ impl MessageStore for SqliteStore {
     async fn reset_password(&self, user: UserId, password_hash: &str) -> StoreResult<bool> {
         let password_hash = password_hash.to_owned();
         self.write(move |w| {
+            let row = w.ids.user_row(user);
             let tx = w.conn.transaction().map_err(backend)?;
             let changed = tx
                 .execute(
-                    "UPDATE users SET password_hash = ?2 WHERE id = ?1",
-                    params![user.get(), password_hash],
+                    "UPDATE users SET password_hash = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                    params![row, password_hash],
                 )
                 .map_err(backend)?;
-            tx.execute("UPDATE sessions SET revoked = 1 WHERE user_id = ?1", [user.get()])
+            tx.execute("UPDATE sessions SET revoked = 1 WHERE user_id = ?1", [row])
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, user: UserId, now: i64) -> StoreResult<bool> {
+        self.write(move |w| {
+            let row = w.ids.user_row(user);
+            let tx = w.conn.transaction().map_err(backend)?;
+            // The name becomes one no user can choose ('#' is not allowed),
+            // random so that it tells nothing.
+            let changed = tx
+                .execute(
+                    "UPDATE users SET username = '#' || hex(randomblob(12)), password_hash = '',
+                                      last_seen = NULL, deleted_at = ?2
+                     WHERE id = ?1 AND deleted_at IS NULL",
+                    params![row, now],
+                )
+                .map_err(backend)?;
+            tx.execute("UPDATE sessions SET revoked = 1 WHERE user_id = ?1", [row])
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            w.forget_conversations_of(row);
             Ok(changed == 1)
         })
         .await
@@ -293,7 +327,7 @@ impl MessageStore for SqliteStore {
                     session
                         .execute(params![id, &a.token_hash[..], a.created_at, a.expires_at])
                         .map_err(backend)?;
-                    ids.push(UserId(id));
+                    ids.push(w.ids.user(id));
                 }
             }
             tx.commit().map_err(backend)?;
@@ -308,7 +342,14 @@ impl MessageStore for SqliteStore {
                 .prepare_cached(
                     "INSERT INTO sessions (user_id, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
                 )
-                .and_then(|mut st| st.execute(params![s.user_id.get(), &s.token_hash[..], s.created_at, s.expires_at]))
+                .and_then(|mut st| {
+                    st.execute(params![
+                        w.ids.user_row(s.user_id),
+                        &s.token_hash[..],
+                        s.created_at,
+                        s.expires_at
+                    ])
+                })
                 .map_err(backend)?;
             Ok(SessionRecord {
                 id: SessionId(w.conn.last_insert_rowid()),
@@ -320,7 +361,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn session_by_token(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<SessionRecord>> {
-        let hash = *token_hash;
+        let (hash, ids) = (*token_hash, self.ids);
         self.read(move |c| {
             c.prepare_cached(
                 "SELECT id, user_id, expires_at FROM sessions
@@ -329,7 +370,7 @@ impl MessageStore for SqliteStore {
             .query_row(params![&hash[..], now], |r| {
                 Ok(SessionRecord {
                     id: SessionId(r.get(0)?),
-                    user_id: UserId(r.get(1)?),
+                    user_id: ids.user(r.get(1)?),
                     expires_at: r.get(2)?,
                 })
             })
@@ -361,7 +402,8 @@ impl MessageStore for SqliteStore {
     }
 
     async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page> {
-        self.read(move |c| reads::history(c, a, b, page)).await
+        let ids = self.ids;
+        self.read(move |c| reads::history(c, ids, a, b, page)).await
     }
 
     async fn pending(
@@ -371,16 +413,19 @@ impl MessageStore for SqliteStore {
         upto: MessageId,
         limit: usize,
     ) -> StoreResult<Vec<StoredMessage>> {
-        self.read(move |c| reads::pending(c, recipient, after, upto, limit))
+        let ids = self.ids;
+        self.read(move |c| reads::pending(c, ids, recipient, after, upto, limit))
             .await
     }
 
     async fn conversations(&self, user: UserId, limit: usize) -> StoreResult<Vec<ConversationSummary>> {
-        self.read(move |c| reads::conversations(c, user, limit)).await
+        let ids = self.ids;
+        self.read(move |c| reads::conversations(c, ids, user, limit)).await
     }
 
     async fn conversation_marks(&self, user: UserId) -> StoreResult<Vec<(UserId, i64)>> {
-        self.read(move |c| reads::conversation_marks(c, user)).await
+        let ids = self.ids;
+        self.read(move |c| reads::conversation_marks(c, ids, user)).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -4,10 +4,18 @@ use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{self, MESSAGE_COLUMNS, message_columns};
+use crate::ids::IdCipher;
 use crate::{ConversationSummary, Page, PageRequest, StoredMessage};
 
-pub(super) fn history(c: &Connection, a: UserId, b: UserId, page: PageRequest) -> rusqlite::Result<Page> {
-    let (lo, hi) = (a.get().min(b.get()), a.get().max(b.get()));
+pub(super) fn history(
+    c: &Connection,
+    ids: IdCipher,
+    a: UserId,
+    b: UserId,
+    page: PageRequest,
+) -> rusqlite::Result<Page> {
+    let (a, b) = (ids.user_row(a), ids.user_row(b));
+    let (lo, hi) = (a.min(b), a.max(b));
     let conversation: Option<i64> = c
         .prepare_cached("SELECT id FROM conversations WHERE user_lo = ?1 AND user_hi = ?2")?
         .query_row(params![lo, hi], |r| r.get(0))
@@ -38,7 +46,9 @@ pub(super) fn history(c: &Connection, a: UserId, b: UserId, page: PageRequest) -
     };
     let mut messages = c
         .prepare_cached(sql)?
-        .query_map(params![conversation, bound, limit as i64 + 1], rows::message)?
+        .query_map(params![conversation, bound, limit as i64 + 1], |r| {
+            rows::message(r, ids)
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let has_more = messages.len() > limit;
     messages.truncate(limit);
@@ -47,6 +57,7 @@ pub(super) fn history(c: &Connection, a: UserId, b: UserId, page: PageRequest) -
 
 pub(super) fn pending(
     c: &Connection,
+    ids: IdCipher,
     recipient: UserId,
     after: MessageId,
     upto: MessageId,
@@ -60,20 +71,25 @@ pub(super) fn pending(
          ORDER BY id LIMIT ?4"
     ))?
     .query_map(
-        params![recipient.get(), after.get(), upto.get(), limit as i64],
-        rows::message,
+        params![ids.user_row(recipient), after.get(), upto.get(), limit as i64],
+        |r| rows::message(r, ids),
     )?
     .collect()
 }
 
-pub(super) fn conversations(c: &Connection, user: UserId, limit: usize) -> rusqlite::Result<Vec<ConversationSummary>> {
+pub(super) fn conversations(
+    c: &Connection,
+    ids: IdCipher,
+    user: UserId,
+    limit: usize,
+) -> rusqlite::Result<Vec<ConversationSummary>> {
     let columns = MESSAGE_COLUMNS
         .split(", ")
         .map(|col| format!("m.{col}"))
         .collect::<Vec<_>>()
         .join(", ");
     c.prepare_cached(&format!(
-        "SELECT u.id, u.username, {columns}
+        "SELECT u.id, CASE WHEN u.deleted_at IS NULL THEN u.username ELSE 'deleted account' END, {columns}
          FROM (SELECT user_hi AS peer, last_message_id, last_ts FROM conversations WHERE user_lo = ?1 AND last_seq > 0
                UNION ALL
                SELECT user_lo AS peer, last_message_id, last_ts FROM conversations WHERE user_hi = ?1 AND last_seq > 0) AS c
@@ -82,22 +98,22 @@ pub(super) fn conversations(c: &Connection, user: UserId, limit: usize) -> rusql
          ORDER BY c.last_ts DESC
          LIMIT ?2"
     ))?
-    .query_map(params![user.get(), limit as i64], |r| {
+    .query_map(params![ids.user_row(user), limit as i64], |r| {
         Ok(ConversationSummary {
-            peer_id: UserId(r.get(0)?),
+            peer_id: ids.user(r.get(0)?),
             peer_username: r.get(1)?,
-            last_message: rows::message_at(r, 2)?,
+            last_message: rows::message_at(r, 2, ids)?,
         })
     })?
     .collect()
 }
 
-pub(super) fn conversation_marks(c: &Connection, user: UserId) -> rusqlite::Result<Vec<(UserId, i64)>> {
+pub(super) fn conversation_marks(c: &Connection, ids: IdCipher, user: UserId) -> rusqlite::Result<Vec<(UserId, i64)>> {
     c.prepare_cached(
         "SELECT user_hi, last_seq FROM conversations WHERE user_lo = ?1 AND last_seq > 0
          UNION ALL
          SELECT user_lo, last_seq FROM conversations WHERE user_hi = ?1 AND last_seq > 0",
     )?
-    .query_map(params![user.get()], |r| Ok((UserId(r.get(0)?), r.get(1)?)))?
+    .query_map(params![ids.user_row(user)], |r| Ok((ids.user(r.get(0)?), r.get(1)?)))?
     .collect()
 }

@@ -1,8 +1,9 @@
 //! Reading rows into records; the column lists here match the queries.
 
-use dyad_protocol::{MessageId, UserId};
+use dyad_protocol::MessageId;
 use rusqlite::Row;
 
+use crate::ids::IdCipher;
 use crate::{StoredMessage, UserRecord};
 
 /// Columns for [`message`], in order. A macro, not a `const`, so that
@@ -19,7 +20,7 @@ pub(super) use message_columns;
 /// Columns for [`user`], in order.
 macro_rules! user_columns {
     () => {
-        "id, username, password_hash, created_at, last_seen"
+        "id, username, password_hash, created_at, last_seen, deleted_at"
     };
 }
 pub(super) use user_columns;
@@ -27,16 +28,16 @@ pub(super) use user_columns;
 /// [`message_columns`] as a value, for the one query that qualifies them.
 pub(super) const MESSAGE_COLUMNS: &str = message_columns!();
 
-pub(super) fn message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
-    message_at(row, 0)
+pub(super) fn message(row: &Row<'_>, ids: IdCipher) -> rusqlite::Result<StoredMessage> {
+    message_at(row, 0, ids)
 }
 
 /// A message whose columns start at `at`.
-pub(super) fn message_at(row: &Row<'_>, at: usize) -> rusqlite::Result<StoredMessage> {
+pub(super) fn message_at(row: &Row<'_>, at: usize, ids: IdCipher) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
         id: MessageId(row.get(at)?),
-        sender_id: UserId(row.get(at + 1)?),
-        recipient_id: UserId(row.get(at + 2)?),
+        sender_id: ids.user(row.get(at + 1)?),
+        recipient_id: ids.user(row.get(at + 2)?),
         body: row.get(at + 3)?,
         timestamp: row.get(at + 4)?,
         seq: row.get(at + 5)?,
@@ -44,12 +45,13 @@ pub(super) fn message_at(row: &Row<'_>, at: usize) -> rusqlite::Result<StoredMes
     })
 }
 
-pub(super) fn user(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
+pub(super) fn user(row: &Row<'_>, ids: IdCipher) -> rusqlite::Result<UserRecord> {
     Ok(UserRecord {
-        id: UserId(row.get(0)?),
+        id: ids.user(row.get(0)?),
         username: row.get(1)?,
         password_hash: row.get(2)?,
         created_at: row.get(3)?,
         last_seen: row.get(4)?,
+        deleted_at: row.get(5)?,
     })
 }

@@ -3,6 +3,7 @@
 use rusqlite::Connection;
 
 use crate::client_key;
+use crate::ids::IdCipher;
 
 /// Each entry moves the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -59,6 +60,18 @@ ALTER TABLE messages ADD COLUMN client_key INTEGER;
 DROP INDEX messages_idempotency;
 CREATE INDEX messages_by_client_key ON messages (sender_id, client_key) WHERE client_key IS NOT NULL;
 "#,
+    r#"
+-- Facts about the database itself. `id_key` is the key of the permutation
+-- that turns row numbers into the ids clients see (ids.rs); it is made when
+-- the store opens.
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+-- A deleted account keeps its row, so that the messages it exchanged keep
+-- their sender; its name, password and last-seen time are erased.
+ALTER TABLE users ADD COLUMN deleted_at INTEGER;
+"#,
 ];
 
 /// Fills `client_key` for rows written before it existed (step 2).
@@ -87,6 +100,20 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+/// The database's id key, made on first use.
+pub(super) fn id_cipher(conn: &Connection) -> Result<IdCipher, String> {
+    let fresh = IdCipher::new_key().map_err(|e| format!("no randomness for the id key: {e}"))?;
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES ('id_key', ?1) ON CONFLICT (name) DO NOTHING",
+        [&fresh[..]],
+    )
+    .map_err(|e| e.to_string())?;
+    let key: Vec<u8> = conn
+        .query_row("SELECT value FROM meta WHERE name = 'id_key'", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    IdCipher::from_key(&key).ok_or_else(|| format!("the stored id key is {} bytes, not 16", key.len()))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::rows::{self, message_columns};
+use crate::ids::IdCipher;
 use crate::{DeliveredMessage, NewMessage, StoreError, StoreResult, StoredMessage, WriteOp, WriteOutcome, client_key};
 
 /// A unit of work for the writer thread.
@@ -28,19 +29,26 @@ struct ConversationHead {
 /// State owned by the writer thread.
 pub(super) struct Writer {
     pub(super) conn: Connection,
+    /// Row numbers to ids and back.
+    pub(super) ids: IdCipher,
     heads: HashMap<(i64, i64), ConversationHead>,
+    /// `PRAGMA data_version` when `heads` was last known true: it changes
+    /// when another process (`dyad admin …`) commits to the file.
+    data_version: i64,
 }
 
 impl Writer {
     /// Starts the writer thread; it ends when every sender of jobs is dropped.
-    pub(super) fn spawn(conn: Connection) -> std::io::Result<mpsc::Sender<Job>> {
+    pub(super) fn spawn(conn: Connection, ids: IdCipher) -> std::io::Result<mpsc::Sender<Job>> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("dyad-sqlite-writer".into())
             .spawn(move || {
                 let mut writer = Writer {
                     conn,
+                    ids,
                     heads: HashMap::new(),
+                    data_version: 0,
                 };
                 while let Ok(job) = rx.recv() {
                     job(&mut writer);
@@ -59,17 +67,31 @@ impl Writer {
     }
 
     fn try_write_batch(&mut self, ops: Vec<WriteOp>, now: i64) -> rusqlite::Result<Vec<WriteOutcome>> {
-        let Writer { conn, heads } = self;
+        let Writer {
+            conn,
+            ids,
+            heads,
+            data_version,
+        } = self;
+        let ids = *ids;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process wrote (a message, a deleted account): what is
+        // cached may be stale. Checked inside the write lock, so nothing
+        // else can commit before this batch does.
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version != *data_version {
+            heads.clear();
+            *data_version = version;
+        }
         let mut touched: HashSet<(i64, i64)> = HashSet::new();
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             let outcome = match op {
-                WriteOp::Send(msg) => send(&tx, heads, &mut touched, msg, now)?,
+                WriteOp::Send(msg) => send(&tx, ids, heads, &mut touched, msg, now)?,
                 WriteOp::Deliver {
                     recipient_id,
                     message_ids,
-                } => WriteOutcome::Delivered(deliver(&tx, recipient_id, &message_ids, now)?),
+                } => WriteOutcome::Delivered(deliver(&tx, ids, recipient_id, &message_ids, now)?),
             };
             outcomes.push(outcome);
         }
@@ -86,16 +108,23 @@ impl Writer {
         tx.commit()?;
         Ok(outcomes)
     }
+
+    /// Forgets the cached counters of every conversation of user `row`, so
+    /// that its next send looks the recipient up again.
+    pub(super) fn forget_conversations_of(&mut self, row: i64) {
+        self.heads.retain(|&(lo, hi), _| lo != row && hi != row);
+    }
 }
 
 fn send(
     tx: &rusqlite::Transaction<'_>,
+    ids: IdCipher,
     heads: &mut HashMap<(i64, i64), ConversationHead>,
     touched: &mut HashSet<(i64, i64)>,
     msg: NewMessage,
     now: i64,
 ) -> rusqlite::Result<WriteOutcome> {
-    let (sender, recipient) = (msg.sender_id.get(), msg.recipient_id.get());
+    let (sender, recipient) = (ids.user_row(msg.sender_id), ids.user_row(msg.recipient_id));
     if sender == recipient {
         return Ok(WriteOutcome::UnknownRecipient);
     }
@@ -117,7 +146,7 @@ fn send(
                 message_columns!(),
                 " FROM messages WHERE sender_id = ?1 AND client_key = ?2 AND client_msg_id = ?3"
             ))?
-            .query_row(params![sender, hash, key], rows::message)
+            .query_row(params![sender, hash, key], |r| rows::message(r, ids))
             .optional()?;
         if let Some(original) = original {
             heads.insert(conversation, head);
@@ -163,8 +192,9 @@ fn send(
     })
 }
 
-/// Loads a conversation's counters, creating the conversation if the
-/// recipient exists. `None` means the recipient does not exist.
+/// Loads a conversation's counters, creating the conversation if needed,
+/// when the recipient exists. `None` means there is no such recipient (or
+/// its account was deleted).
 fn conversation_head(
     tx: &rusqlite::Transaction<'_>,
     (lo, hi): (i64, i64),
@@ -183,16 +213,13 @@ fn conversation_head(
             })
         })
         .optional()?;
-    if found.is_some() {
-        return Ok(found);
-    }
     let exists = tx
-        .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+        .prepare_cached("SELECT 1 FROM users WHERE id = ?1 AND deleted_at IS NULL")?
         .query_row([recipient], |_| Ok(()))
         .optional()?
         .is_some();
-    if !exists {
-        return Ok(None);
+    if !exists || found.is_some() {
+        return Ok(found.filter(|_| exists));
     }
     tx.prepare_cached(
         "INSERT INTO conversations (user_lo, user_hi, last_seq, last_ts, last_message_id) VALUES (?1, ?2, 0, 0, 0)",
@@ -208,8 +235,9 @@ fn conversation_head(
 
 fn deliver(
     tx: &rusqlite::Transaction<'_>,
+    ids: IdCipher,
     recipient: UserId,
-    ids: &[MessageId],
+    message_ids: &[MessageId],
     now: i64,
 ) -> rusqlite::Result<Vec<DeliveredMessage>> {
     // A plain lookup and a plain update by rowid: measured twice as fast as
@@ -219,9 +247,11 @@ fn deliver(
     )?;
     let mut mark = tx.prepare_cached("UPDATE messages SET delivered_at = ?2 WHERE id = ?1")?;
     let mut delivered = Vec::new();
-    for id in ids {
+    for id in message_ids {
         let Some((sender, seq)) = sender_of
-            .query_row(params![id.get(), recipient.get()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![id.get(), ids.user_row(recipient)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?
         else {
             continue;
@@ -229,7 +259,7 @@ fn deliver(
         mark.execute(params![id.get(), now])?;
         delivered.push(DeliveredMessage {
             id: *id,
-            sender_id: UserId(sender),
+            sender_id: ids.user(sender),
             recipient_id: recipient,
             seq,
             delivered_at: now,

@@ -1,0 +1,164 @@
+//! The ids a store shows are not its row numbers.
+//!
+//! Rows are numbered by counters: small integers keep every row and index
+//! entry short, and that is measurable at full load (docs/BENCHMARKS.md).
+//! Counters on the wire, though, would let anyone walk every account. So a
+//! store shows each row number through a keyed permutation of `0..2^62`: a
+//! balanced Feistel network of two 31-bit halves whose round function is
+//! SipHash-1-3 under a 128-bit key kept in the database. Without the key, one
+//! id says nothing about any other; with it, turning an id back into its row
+//! is a few hashes and no lookup.
+
+use std::hash::Hasher;
+
+use dyad_protocol::UserId;
+use siphasher::sip::SipHasher13;
+
+/// What an id names. Each kind is its own permutation, so a user and a
+/// message with the same row number do not share an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdKind {
+    User = 1,
+}
+
+const HALF_BITS: u32 = 31;
+const HALF_MASK: u64 = (1 << HALF_BITS) - 1;
+/// Luby and Rackoff: four rounds of a pseudo-random function make a strong
+/// pseudo-random permutation; two more cost ~40 ns and leave a margin.
+const ROUNDS: u64 = 6;
+/// The row number a shown id that no row can have turns into: rows are
+/// numbered from 1.
+pub(crate) const NO_ROW: i64 = -1;
+
+/// The key of a database's permutation.
+#[derive(Clone, Copy)]
+pub(crate) struct IdCipher {
+    k0: u64,
+    k1: u64,
+}
+
+impl std::fmt::Debug for IdCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdCipher(..)")
+    }
+}
+
+impl IdCipher {
+    /// The length of a key, in bytes.
+    pub(crate) const KEY_LEN: usize = 16;
+
+    /// A cipher from a stored key; `None` if it is not [`Self::KEY_LEN`] bytes.
+    pub(crate) fn from_key(key: &[u8]) -> Option<Self> {
+        let key: [u8; Self::KEY_LEN] = key.try_into().ok()?;
+        let (k0, k1) = key.split_at(8);
+        Some(IdCipher {
+            k0: u64::from_le_bytes(k0.try_into().ok()?),
+            k1: u64::from_le_bytes(k1.try_into().ok()?),
+        })
+    }
+
+    /// A fresh random key, to store with a new database.
+    pub(crate) fn new_key() -> Result<[u8; Self::KEY_LEN], getrandom::Error> {
+        let mut key = [0; Self::KEY_LEN];
+        getrandom::fill(&mut key)?;
+        Ok(key)
+    }
+
+    fn round(&self, kind: IdKind, round: u64, half: u64) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write_u64((kind as u64) << 40 | round << 32 | half);
+        h.finish() & HALF_MASK
+    }
+
+    /// The id shown for row number `row` (`0 <= row < 2^62`).
+    pub(crate) fn show(&self, kind: IdKind, row: i64) -> i64 {
+        let row = row as u64;
+        let (mut left, mut right) = (row >> HALF_BITS & HALF_MASK, row & HALF_MASK);
+        for round in 0..ROUNDS {
+            (left, right) = (right, left ^ self.round(kind, round, right));
+        }
+        (left << HALF_BITS | right) as i64
+    }
+
+    /// The row number behind a shown id, or [`NO_ROW`] for a value that
+    /// [`IdCipher::show`] never returns.
+    pub(crate) fn row(&self, kind: IdKind, id: i64) -> i64 {
+        if !(0..1 << (2 * HALF_BITS)).contains(&id) {
+            return NO_ROW;
+        }
+        let id = id as u64;
+        let (mut left, mut right) = (id >> HALF_BITS, id & HALF_MASK);
+        for round in (0..ROUNDS).rev() {
+            (left, right) = (right ^ self.round(kind, round, left), left);
+        }
+        (left << HALF_BITS | right) as i64
+    }
+
+    /// The user with row number `row`.
+    pub(crate) fn user(&self, row: i64) -> UserId {
+        UserId(self.show(IdKind::User, row))
+    }
+
+    /// The row number of user `id` ([`NO_ROW`] if no row can have it).
+    pub(crate) fn user_row(&self, id: UserId) -> i64 {
+        self.row(IdKind::User, id.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cipher(seed: u8) -> IdCipher {
+        IdCipher::from_key(&[seed; IdCipher::KEY_LEN]).unwrap_or_else(|| panic!("a 16-byte key"))
+    }
+
+    #[test]
+    fn every_row_comes_back_from_its_id() {
+        let c = cipher(7);
+        for row in (1..5_000).chain([(1 << 31) - 1, 1 << 31, (1 << 62) - 1]) {
+            let id = c.show(IdKind::User, row);
+            assert!((0..1 << 62).contains(&id), "{id} is outside the domain");
+            assert_eq!(c.row(IdKind::User, id), row);
+        }
+    }
+
+    #[test]
+    fn neighbouring_rows_get_unrelated_ids() {
+        let c = cipher(1);
+        let ids: Vec<i64> = (1..=1_000).map(|row| c.show(IdKind::User, row)).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len(), "a permutation has no collisions");
+        // Counters would give ids below 1,001; these spread over 2^62.
+        let small = ids.iter().filter(|&&id| id < 1 << 40).count();
+        assert!(small < 5, "{small} of 1,000 ids are small");
+        let gaps_of_one = ids.windows(2).filter(|w| w[1].abs_diff(w[0]) == 1).count();
+        assert_eq!(gaps_of_one, 0);
+    }
+
+    #[test]
+    fn another_key_gives_other_ids() {
+        let (a, b) = (cipher(1), cipher(2));
+        let same = (1..=1_000)
+            .filter(|&row| a.show(IdKind::User, row) == b.show(IdKind::User, row))
+            .count();
+        assert_eq!(same, 0);
+    }
+
+    #[test]
+    fn values_outside_the_domain_name_no_row() {
+        let c = cipher(3);
+        for id in [-1, i64::MIN, 1 << 62, i64::MAX] {
+            assert_eq!(c.row(IdKind::User, id), NO_ROW);
+        }
+    }
+
+    #[test]
+    fn keys_of_the_wrong_length_are_refused() {
+        assert!(IdCipher::from_key(&[0; 15]).is_none());
+        assert!(IdCipher::from_key(&[0; 17]).is_none());
+        assert!(IdCipher::new_key().is_ok());
+    }
+}
