@@ -132,16 +132,6 @@ async fn commit(store: &dyn MessageStore, hub: &Hub, metrics: &Metrics, ops: Vec
             return;
         }
     };
-    let newest = outcomes.iter().filter_map(|o| match o {
-        WriteOutcome::Stored {
-            message,
-            duplicate: false,
-        } => Some(message.id),
-        _ => None,
-    });
-    if let Some(newest) = newest.max() {
-        hub.advance_committed(newest);
-    }
     for (outcome, (origin, client_msg_id, _slot)) in outcomes.into_iter().zip(routes) {
         dispatch(hub, metrics, outcome, origin, client_msg_id);
     }

@@ -106,8 +106,6 @@ pub struct Peer {
     pub user_id: UserId,
     /// The session whose token opened it.
     pub session: SessionRecord,
-    /// Messages with ids up to here were committed before it registered.
-    pub replay_upto: MessageId,
     /// Users whose presence it watches.
     pub watching: Mutex<HashSet<UserId>>,
     /// Sends that may await their ack at once: half the outbound queue, so
@@ -121,7 +119,7 @@ pub struct Peer {
     /// token shared by every connection would be a lock they all contend on.
     stop_reading: CancellationToken,
     close_reason: OnceLock<CloseReason>,
-    /// Old messages (at or below `replay_upto`) that it learned of through a
+    /// Old messages (at or below its marks) that it learned of through a
     /// retried send, so that their `message_delivered` may follow.
     late_known: Mutex<HashSet<MessageId>>,
     metrics: Arc<Metrics>,
@@ -174,11 +172,6 @@ impl Peer {
         self.close_reason.get().copied()
     }
 
-    /// Whether this connection has seen message `id` (live, or by a retried send).
-    fn knows(&self, id: MessageId) -> bool {
-        id > self.replay_upto || self.learned(id)
-    }
-
     /// Whether this connection learned of message `id` through a retried send.
     pub fn learned(&self, id: MessageId) -> bool {
         self.late_known.lock().is_ok_and(|k| k.contains(&id))
@@ -213,7 +206,6 @@ struct UserEntry {
 pub struct Hub {
     users: DashMap<UserId, UserEntry>,
     watchers: DashMap<UserId, Vec<Arc<Peer>>>,
-    committed: AtomicI64,
     next_connection: AtomicI64,
     next_grace: AtomicU64,
     /// A check of watched users is scheduled (another node stopped).
@@ -225,20 +217,17 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// An empty hub whose committed mark starts at `committed`; a cluster
-    /// member if given `cluster`.
+    /// An empty hub; a cluster member if given `cluster`.
     pub fn new(
         store: Arc<dyn MessageStore>,
         metrics: Arc<Metrics>,
         grace: Duration,
-        committed: MessageId,
         cluster: Option<Arc<Cluster>>,
     ) -> Self {
         Hub {
             cluster,
             users: DashMap::new(),
             watchers: DashMap::new(),
-            committed: AtomicI64::new(committed.get()),
             next_connection: AtomicI64::new(1),
             next_grace: AtomicU64::new(1),
             check_pending: AtomicBool::new(false),
@@ -246,11 +235,6 @@ impl Hub {
             store,
             metrics,
         }
-    }
-
-    /// Raises the committed mark; called after each commit, before its dispatch.
-    pub fn advance_committed(&self, id: MessageId) {
-        self.committed.fetch_max(id.get(), Ordering::SeqCst);
     }
 
     /// The cluster this node is a member of, if any.
@@ -268,16 +252,11 @@ impl Hub {
                 came_online = true;
                 UserEntry::default()
             });
-            let replay_upto = match self.cluster {
-                Some(_) => MessageId(i64::MAX),
-                None => MessageId(self.committed.load(Ordering::SeqCst)),
-            };
             let max_in_flight = (outbound.max_capacity() / 2).max(1);
             let peer = Arc::new(Peer {
                 id: ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed)),
                 user_id: user,
                 session,
-                replay_upto,
                 watching: Mutex::new(HashSet::new()),
                 sends_in_flight: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
@@ -299,21 +278,22 @@ impl Hub {
         peer
     }
 
-    /// On a cluster node, joins a new connection to the cluster: subscribes
-    /// to its user's channel, records its presence, and reads the marks that
-    /// split replay from live delivery. `None` on a single node.
-    pub async fn attach(&self, peer: &Peer) -> StoreResult<Option<Cursors>> {
-        let Some(cluster) = &self.cluster else {
-            return Ok(None);
-        };
-        cluster.hold(cluster.user_channel(peer.user_id)).await;
-        match cluster.connected(peer.user_id, peer.id).await {
-            Ok(true) => self.announce(online(peer.user_id)),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "could not record presence in redis"),
+    /// Reads the marks that split a new connection's replay from what it
+    /// gets live (see [`crate::outbound`]); called after [`Hub::register`],
+    /// so that every message committed after the marks reaches it. On a
+    /// cluster node it first subscribes to the user's channel and records
+    /// the presence, for the same reason.
+    pub async fn attach(&self, peer: &Peer) -> StoreResult<Cursors> {
+        if let Some(cluster) = &self.cluster {
+            cluster.hold(cluster.user_channel(peer.user_id)).await;
+            match cluster.connected(peer.user_id, peer.id).await {
+                Ok(true) => self.announce(online(peer.user_id)),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not record presence in redis"),
+            }
         }
         let marks = self.store.conversation_marks(peer.user_id).await?;
-        Ok(Some(Cursors::new(marks)))
+        Ok(Cursors::new(marks))
     }
 
     /// Removes a connection. When it was the user's last, the grace period starts.
@@ -418,29 +398,20 @@ impl Hub {
     }
 
     /// Sends a message to each of `user`'s connections here, except
-    /// `except`; on a single node only to those that registered before it
-    /// was committed (the rest replay it).
+    /// `except`; each connection's cursors drop what it replays instead.
     fn deliver(&self, user: UserId, message: &Sequenced, except: Option<ConnectionId>) {
         if let Some(entry) = self.users.get(&user) {
-            for peer in entry
-                .peers
-                .iter()
-                .filter(|p| (self.cluster.is_some() || p.replay_upto < message.id) && Some(p.id) != except)
-            {
+            for peer in entry.peers.iter().filter(|p| Some(p.id) != except) {
                 peer.send(Outbound::ordered(Kind::Message, message.clone()));
             }
         }
     }
 
-    /// Sends `message_delivered` to each of `user`'s connections here that
-    /// has seen the message (a cluster connection decides that itself).
+    /// Sends `message_delivered` to each of `user`'s connections here; each
+    /// connection's cursors drop it if the connection never saw the message.
     fn deliver_notice(&self, user: UserId, notice: &Sequenced) {
         if let Some(entry) = self.users.get(&user) {
-            for peer in entry
-                .peers
-                .iter()
-                .filter(|p| self.cluster.is_some() || p.knows(notice.id))
-            {
+            for peer in entry.peers.iter() {
                 peer.send(Outbound::ordered(Kind::Delivered, notice.clone()));
             }
         }

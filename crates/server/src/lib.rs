@@ -82,7 +82,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
-    let committed = store.last_message_id().await?;
     let cluster = match &config.cluster {
         Some(c) => Some(
             cluster::Cluster::connect(c)
@@ -95,7 +94,6 @@ pub async fn serve(
         store.clone(),
         metrics.clone(),
         config.presence_grace,
-        committed,
         cluster.as_ref().map(|(c, _)| c.clone()),
     ));
     let (commits, commit_task) = GroupCommit::start(store.clone(), hub.clone(), metrics.clone(), config.max_batch);

@@ -1,8 +1,9 @@
-//! What a connection's writer is handed, and, on a cluster node, how it keeps
-//! each conversation in `seq` order.
+//! What a connection's writer is handed, and how it keeps each conversation
+//! in `seq` order: the one place that decides whether a connection has seen
+//! a message, on one node and on a cluster alike.
 //!
-//! On one node a single task dispatches in commit order, so frames can go out
-//! as they come. On a cluster they do not: two nodes commit into one
+//! On one node a single task dispatches in commit order, so frames arrive in
+//! order; on a cluster they may not: two nodes commit into one
 //! conversation, and their pub/sub messages may cross. So each connection
 //! keeps, per conversation, the highest `seq` it has passed on (`last`);
 //! messages arrive tagged with their `seq`, and one that would skip a number
@@ -123,7 +124,7 @@ pub struct Gap {
     pub before_ts: i64,
 }
 
-/// Every conversation's place on one cluster connection.
+/// Every conversation's place on one connection.
 pub struct Cursors {
     convs: HashMap<UserId, Cursor>,
 }

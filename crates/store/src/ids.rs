@@ -11,7 +11,7 @@
 
 use std::hash::Hasher;
 
-use dyad_protocol::UserId;
+use dyad_protocol::{MessageId, UserId};
 use siphasher::sip::SipHasher13;
 
 /// What an id names. Each kind is its own permutation, so a user and a
@@ -19,6 +19,7 @@ use siphasher::sip::SipHasher13;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum IdKind {
     User = 1,
+    Message = 2,
 }
 
 const HALF_BITS: u32 = 31;
@@ -103,6 +104,16 @@ impl IdCipher {
     pub(crate) fn user_row(&self, id: UserId) -> i64 {
         self.row(IdKind::User, id.get())
     }
+
+    /// The message with row number `row`.
+    pub(crate) fn message(&self, row: i64) -> MessageId {
+        MessageId(self.show(IdKind::Message, row))
+    }
+
+    /// The row number of message `id` ([`NO_ROW`] if no row can have it).
+    pub(crate) fn message_row(&self, id: MessageId) -> i64 {
+        self.row(IdKind::Message, id.get())
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +147,16 @@ mod tests {
         assert!(small < 5, "{small} of 1,000 ids are small");
         let gaps_of_one = ids.windows(2).filter(|w| w[1].abs_diff(w[0]) == 1).count();
         assert_eq!(gaps_of_one, 0);
+    }
+
+    #[test]
+    fn a_user_and_a_message_with_one_row_number_get_different_ids() {
+        let c = cipher(4);
+        let same = (1..=1_000)
+            .filter(|&row| c.user(row).get() == c.message(row).get())
+            .count();
+        assert_eq!(same, 0);
+        assert_eq!(c.message_row(c.message(42)), 42);
     }
 
     #[test]

@@ -75,16 +75,15 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Runs the operations as one transaction and answers one outcome each,
     /// in order. Either every operation is committed or the call fails.
     async fn write_batch(&self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>>;
-    /// The highest message id committed so far (0 when there is none).
-    async fn last_message_id(&self) -> StoreResult<MessageId>;
     /// A page of the conversation between `a` and `b`.
     async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page>;
-    /// Undelivered messages for `recipient` with `after < id <= upto`, oldest first.
+    /// Undelivered messages for `recipient`, oldest first: up to `limit` of
+    /// them, from the one after message `after` (the last of the previous
+    /// page) or from the start.
     async fn pending(
         &self,
         recipient: UserId,
-        after: MessageId,
-        upto: MessageId,
+        after: Option<MessageId>,
         limit: usize,
     ) -> StoreResult<Vec<StoredMessage>>;
     /// The user's conversations, most recent first.

@@ -178,14 +178,14 @@ async fn session_main(socket: WebSocket, app: Arc<App>, session: SessionRecord) 
     if app.shutdown.is_cancelled() {
         peer.stop_reading().cancel();
     }
-    // On a cluster node: the marks, taken before any frame is read, so that
-    // the connection's own sends all land above them.
+    // The marks, taken before any frame is read, so that the connection's
+    // own sends all land above them.
     let cursors = match app.hub.attach(&peer).await {
         Ok(cursors) => cursors,
         Err(e) => {
             tracing::warn!(error = %e, user_id = %peer.user_id, "could not read conversation marks");
             peer.close(CloseReason::INTERNAL);
-            None
+            Cursors::new(Vec::new())
         }
     };
     tracing::debug!(connection = %peer.id, user_id = %peer.user_id, "connected");
@@ -229,7 +229,7 @@ async fn write_loop(
     peer: &Arc<Peer>,
     app: &App,
     heard: &LastHeard,
-    mut cursors: Option<Cursors>,
+    mut cursors: Cursors,
 ) -> bool {
     let within = app.config.write_deadline;
     let connected = ServerEvent::Connected {
@@ -244,7 +244,7 @@ async fn write_loop(
     let opening = async {
         timed(within, sink.send(Message::Text(encode(&connected)))).await?;
         // Boxed for the same reason as the frame handler: it runs once.
-        Box::pin(replay(&mut sink, peer, app, cursors.as_ref())).await
+        Box::pin(replay(&mut sink, peer, app, &cursors)).await
     };
     match write_unless_closing(opening, peer, closing.as_mut()).await {
         Written::Done => {}
@@ -255,25 +255,23 @@ async fn write_loop(
     let beat = app.config.heartbeat_interval.max(Duration::from_millis(10));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     loop {
-        let gap_deadline = cursors.as_ref().and_then(Cursors::deadline);
+        let gap_deadline = cursors.deadline();
         let written = tokio::select! {
             biased;
             () = &mut closing => Written::Closing,
             item = rx.recv() => {
                 let Some(item) = item else { return false };
-                take(&mut cursors, item, peer, &mut ready);
+                cursors.accept(item, |id| peer.learned(id), &mut ready);
                 for _ in 1..WRITE_BATCH {
                     let Ok(item) = rx.try_recv() else { break };
-                    take(&mut cursors, item, peer, &mut ready);
+                    cursors.accept(item, |id| peer.learned(id), &mut ready);
                 }
                 write_unless_closing(write_all(&mut sink, &mut ready, within), peer, closing.as_mut()).await
             }
             // Boxed, and only made while a message is held: every idle
             // connection's task would otherwise carry a timer and the fill.
             () = gap_timer(gap_deadline), if gap_deadline.is_some() => {
-                if let Some(cursors) = cursors.as_mut() {
-                    Box::pin(fill_gaps(cursors, peer, app, &mut ready)).await;
-                }
+                Box::pin(fill_gaps(&mut cursors, peer, app, &mut ready)).await;
                 write_unless_closing(write_all(&mut sink, &mut ready, within), peer, closing.as_mut()).await
             }
             _ = heartbeat.tick() => {
@@ -382,14 +380,6 @@ async fn timed(within: Duration, write: impl Future<Output = Result<(), axum::Er
     }
 }
 
-/// Passes an item through the conversation order (cluster) or straight on.
-fn take(cursors: &mut Option<Cursors>, item: Outbound, peer: &Peer, ready: &mut Vec<Utf8Bytes>) {
-    match cursors {
-        Some(cursors) => cursors.accept(item, |id| peer.learned(id), ready),
-        None => ready.push(item.into_frame()),
-    }
-}
-
 /// Writes a batch of frames and flushes it: one write, one deadline.
 async fn write_all(sink: &mut Sink, ready: &mut Vec<Utf8Bytes>, within: Duration) -> Result<(), WriteFailed> {
     if ready.is_empty() {
@@ -451,21 +441,17 @@ async fn fill_gaps(cursors: &mut Cursors, peer: &Peer, app: &App, ready: &mut Ve
     }
 }
 
-/// Sends every undelivered message up to `replay_upto` (on a cluster node:
-/// up to each conversation's mark), oldest first, then `pending_complete`.
-async fn replay(sink: &mut Sink, peer: &Peer, app: &App, cursors: Option<&Cursors>) -> Result<(), WriteFailed> {
+/// Sends every undelivered message up to each conversation's mark, oldest
+/// first, then `pending_complete`.
+async fn replay(sink: &mut Sink, peer: &Peer, app: &App, cursors: &Cursors) -> Result<(), WriteFailed> {
     let within = app.config.write_deadline;
-    let mut after = MessageId(0);
+    let mut after = None;
     let mut count = 0u64;
     loop {
         if peer.closing().is_cancelled() {
             return Ok(());
         }
-        let page = match app
-            .store
-            .pending(peer.user_id, after, peer.replay_upto, REPLAY_PAGE)
-            .await
-        {
+        let page = match app.store.pending(peer.user_id, after, REPLAY_PAGE).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(error = %e, user_id = %peer.user_id, "replay failed");
@@ -475,8 +461,8 @@ async fn replay(sink: &mut Sink, peer: &Peer, app: &App, cursors: Option<&Cursor
         };
         let full = page.len() == REPLAY_PAGE;
         for message in page {
-            after = message.id;
-            if cursors.is_some_and(|c| message.seq > c.mark(message.sender_id)) {
+            after = Some(message.id);
+            if message.seq > cursors.mark(message.sender_id) {
                 continue; // committed after the mark: it arrives live
             }
             count += 1;

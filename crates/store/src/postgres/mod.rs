@@ -167,7 +167,7 @@ fn message(row: &PgRow, ids: IdCipher) -> sqlx::Result<StoredMessage> {
 /// A message read from `message_columns!()` starting at column `at`.
 fn message_at(row: &PgRow, at: usize, ids: IdCipher) -> sqlx::Result<StoredMessage> {
     Ok(StoredMessage {
-        id: MessageId(row.try_get(at)?),
+        id: ids.message(row.try_get(at)?),
         sender_id: ids.user(row.try_get(at + 1)?),
         recipient_id: ids.user(row.try_get(at + 2)?),
         body: row.try_get(at + 3)?,
@@ -386,14 +386,6 @@ impl MessageStore for PostgresStore {
         outcome.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn last_message_id(&self) -> StoreResult<MessageId> {
-        let id: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0)::int8 FROM messages")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(MessageId(id))
-    }
-
     async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page> {
         let (a, b) = (self.ids.user_row(a), self.ids.user_row(b));
         let (lo, hi) = (a.min(b), a.max(b));
@@ -419,23 +411,16 @@ impl MessageStore for PostgresStore {
         Ok(Page { messages, has_more })
     }
 
-    async fn pending(
-        &self,
-        recipient: UserId,
-        after: MessageId,
-        upto: MessageId,
-        n: usize,
-    ) -> StoreResult<Vec<StoredMessage>> {
+    async fn pending(&self, recipient: UserId, after: Option<MessageId>, n: usize) -> StoreResult<Vec<StoredMessage>> {
         let rows = sqlx::query(
             // A pending message is undelivered by definition.
             "SELECT m.id, m.sender_id, m.recipient_id, m.body, m.ts, m.seq, NULL::int8
              FROM pending p JOIN messages m ON m.id = p.message_id
-             WHERE p.recipient_id = $1 AND p.message_id > $2 AND p.message_id <= $3
-             ORDER BY p.message_id LIMIT $4",
+             WHERE p.recipient_id = $1 AND p.message_id > $2
+             ORDER BY p.message_id LIMIT $3",
         )
         .bind(self.ids.user_row(recipient))
-        .bind(after.get())
-        .bind(upto.get())
+        .bind(after.map_or(0, |id| self.ids.message_row(id)))
         .bind(limit(n))
         .fetch_all(&self.pool)
         .await

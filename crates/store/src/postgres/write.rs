@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 
-use dyad_protocol::MessageId;
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
 
@@ -212,7 +211,7 @@ async fn store_sends(
         head.last_ts = now.max(head.last_ts + 1);
         head.last_message_id = id;
         let message = StoredMessage {
-            id: MessageId(id),
+            id: ids.message(id),
             sender_id: m.sender_id,
             recipient_id: m.recipient_id,
             body: m.body.clone(),
@@ -283,7 +282,7 @@ struct NewRows<'a> {
 
 impl<'a> NewRows<'a> {
     fn push(&mut self, ids: IdCipher, conversation: i64, m: &StoredMessage, key: Option<&'a str>) {
-        self.ids.push(m.id.get());
+        self.ids.push(ids.message_row(m.id));
         self.conversations.push(conversation);
         self.seqs.push(m.seq);
         self.senders.push(ids.user_row(m.sender_id));
@@ -345,7 +344,7 @@ async fn deliver(
         } = op
         {
             for id in message_ids {
-                ids.push(id.get());
+                ids.push(users.message_row(*id));
                 recipients.push(users.user_row(*recipient_id));
             }
         }
@@ -385,7 +384,7 @@ async fn deliver(
         {
             let mut list = Vec::new();
             for id in message_ids {
-                if let Some((sender, seq)) = newly.remove(&(id.get(), users.user_row(*recipient_id))) {
+                if let Some((sender, seq)) = newly.remove(&(users.message_row(*id), users.user_row(*recipient_id))) {
                     list.push(DeliveredMessage {
                         id: *id,
                         sender_id: users.user(sender),

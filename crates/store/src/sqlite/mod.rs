@@ -393,14 +393,6 @@ impl MessageStore for SqliteStore {
         self.write(move |w| w.write_batch(ops, now)).await
     }
 
-    async fn last_message_id(&self) -> StoreResult<MessageId> {
-        self.read(|c| {
-            c.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| r.get(0))
-                .map(MessageId)
-        })
-        .await
-    }
-
     async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page> {
         let ids = self.ids;
         self.read(move |c| reads::history(c, ids, a, b, page)).await
@@ -409,12 +401,11 @@ impl MessageStore for SqliteStore {
     async fn pending(
         &self,
         recipient: UserId,
-        after: MessageId,
-        upto: MessageId,
+        after: Option<MessageId>,
         limit: usize,
     ) -> StoreResult<Vec<StoredMessage>> {
         let ids = self.ids;
-        self.read(move |c| reads::pending(c, ids, recipient, after, upto, limit))
+        self.read(move |c| reads::pending(c, ids, recipient, after, limit))
             .await
     }
 

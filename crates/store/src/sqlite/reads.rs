@@ -59,21 +59,20 @@ pub(super) fn pending(
     c: &Connection,
     ids: IdCipher,
     recipient: UserId,
-    after: MessageId,
-    upto: MessageId,
+    after: Option<MessageId>,
     limit: usize,
 ) -> rusqlite::Result<Vec<StoredMessage>> {
+    let after = after.map_or(0, |id| ids.message_row(id));
     c.prepare_cached(concat!(
         "SELECT ",
         message_columns!(),
         " FROM messages
-         WHERE recipient_id = ?1 AND delivered_at IS NULL AND id > ?2 AND id <= ?3
-         ORDER BY id LIMIT ?4"
+         WHERE recipient_id = ?1 AND delivered_at IS NULL AND id > ?2
+         ORDER BY id LIMIT ?3"
     ))?
-    .query_map(
-        params![ids.user_row(recipient), after.get(), upto.get(), limit as i64],
-        |r| rows::message(r, ids),
-    )?
+    .query_map(params![ids.user_row(recipient), after, limit as i64], |r| {
+        rows::message(r, ids)
+    })?
     .collect()
 }
 

@@ -1,6 +1,5 @@
 //! Reading rows into records; the column lists here match the queries.
 
-use dyad_protocol::MessageId;
 use rusqlite::Row;
 
 use crate::ids::IdCipher;
@@ -35,7 +34,7 @@ pub(super) fn message(row: &Row<'_>, ids: IdCipher) -> rusqlite::Result<StoredMe
 /// A message whose columns start at `at`.
 pub(super) fn message_at(row: &Row<'_>, at: usize, ids: IdCipher) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
-        id: MessageId(row.get(at)?),
+        id: ids.message(row.get(at)?),
         sender_id: ids.user(row.get(at + 1)?),
         recipient_id: ids.user(row.get(at + 2)?),
         body: row.get(at + 3)?,

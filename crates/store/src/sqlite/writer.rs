@@ -180,7 +180,7 @@ fn send(
     touched.insert(conversation);
     Ok(WriteOutcome::Stored {
         message: StoredMessage {
-            id: MessageId(id),
+            id: ids.message(id),
             sender_id: msg.sender_id,
             recipient_id: msg.recipient_id,
             body: msg.body,
@@ -248,15 +248,14 @@ fn deliver(
     let mut mark = tx.prepare_cached("UPDATE messages SET delivered_at = ?2 WHERE id = ?1")?;
     let mut delivered = Vec::new();
     for id in message_ids {
+        let row = ids.message_row(*id);
         let Some((sender, seq)) = sender_of
-            .query_row(params![id.get(), ids.user_row(recipient)], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(params![row, ids.user_row(recipient)], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?
         else {
             continue;
         };
-        mark.execute(params![id.get(), now])?;
+        mark.execute(params![row, now])?;
         delivered.push(DeliveredMessage {
             id: *id,
             sender_id: ids.user(sender),
