@@ -168,6 +168,7 @@ impl ServeArgs {
                 .unwrap_or_else(dyad_server::listener::default_max_connections),
             request_deadline: self.request_deadline,
             write_deadline: self.write_deadline,
+            session_check: Config::default().session_check,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => {
                     Some(dyad_server::tls::server_config(cert, key).context("--tls-cert/--tls-key")?)

@@ -50,6 +50,9 @@ pub struct Config {
     pub write_deadline: Duration,
     /// Speak HTTPS and `wss://` with this (see [`crate::tls`]); `None`: plain TCP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How often the sessions of open WebSockets are checked against the
+    /// store, so that one revoked elsewhere (`dyad admin`) is cut.
+    pub session_check: Duration,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             request_deadline: Duration::from_secs(10),
             write_deadline: Duration::from_secs(10),
             tls: None,
+            session_check: crate::accounts::SESSION_CACHE_TTL,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! `replay_upto` (and is replayed from the store if still undelivered) or
 //! above it (and arrives live), never both and never neither.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use dyad_protocol::events::{PresenceStatus, PresenceView};
 use dyad_protocol::{ConnectionId, MessageId, ServerEvent, UserId};
-use dyad_store::{DeliveredMessage, MessageStore, SessionRecord, StoreResult, StoredMessage};
+use dyad_store::{DeliveredMessage, MessageStore, SessionId, SessionRecord, StoreResult, StoredMessage};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +97,10 @@ impl CloseReason {
 
 /// Most ids a connection remembers learning through a retried send.
 const MAX_LATE_KNOWN: usize = 10_000;
+
+/// Sessions asked about in one store query when live sessions are checked
+/// for revocations.
+const SESSIONS_PER_CHECK: usize = 10_000;
 
 /// One live WebSocket connection, as the rest of the server sees it.
 pub struct Peer {
@@ -555,6 +559,34 @@ impl Hub {
             cluster.publish_revoked(user, revoked);
         }
         self.close_revoked_here(user, revoked);
+    }
+
+    /// Closes the connections whose sessions the store says are revoked:
+    /// by another process (`dyad admin`), or on another node whose word was
+    /// lost with Redis. Returns those sessions.
+    pub async fn close_sessions_revoked_in_store(&self) -> StoreResult<Vec<SessionId>> {
+        let owners: HashMap<SessionId, UserId> = self
+            .users
+            .iter()
+            .flat_map(|entry| {
+                entry
+                    .peers
+                    .iter()
+                    .map(|p| (p.session.id, p.user_id))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let sessions: Vec<SessionId> = owners.keys().copied().collect();
+        let mut revoked = Vec::new();
+        for chunk in sessions.chunks(SESSIONS_PER_CHECK) {
+            revoked.extend(self.store.revoked_among(chunk).await?);
+        }
+        for session in &revoked {
+            if let Some(user) = owners.get(session) {
+                self.close_revoked_here(*user, Revoked::Session(*session));
+            }
+        }
+        Ok(revoked)
     }
 
     fn close_revoked_here(&self, user: UserId, revoked: Revoked) {

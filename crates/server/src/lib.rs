@@ -155,6 +155,22 @@ pub async fn serve(
         }
     });
 
+    // Sessions revoked behind this node's back close within a check.
+    let session_check = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let mut every = tokio::time::interval(app.config.session_check.max(Duration::from_millis(10)));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                match app.hub.close_sessions_revoked_in_store().await {
+                    Ok(revoked) => revoked.into_iter().for_each(|id| app.accounts.forget_session(id)),
+                    Err(e) => tracing::warn!(error = %e, "could not check sessions for revocations"),
+                }
+            }
+        }
+    });
+
     let stop = app.shutdown.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -189,6 +205,7 @@ pub async fn serve(
     }
     app.hub.persist_last_seen().await;
     sweeper.abort();
+    session_check.abort();
     if let Some(heartbeat) = heartbeat {
         heartbeat.abort();
     }

@@ -71,6 +71,8 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn session_by_token(&self, token_hash: &TokenHash, now: i64) -> StoreResult<Option<SessionRecord>>;
     /// Revokes a session; the token stops working at once.
     async fn revoke_session(&self, id: SessionId) -> StoreResult<()>;
+    /// Which of `sessions` are revoked (by this process or any other).
+    async fn revoked_among(&self, sessions: &[SessionId]) -> StoreResult<Vec<SessionId>>;
 
     /// Runs the operations as one transaction and answers one outcome each,
     /// in order. Either every operation is committed or the call fails.

@@ -279,6 +279,39 @@ async fn a_deleted_account_frees_its_name_and_takes_no_messages_but_keeps_its_hi
 }
 
 #[tokio::test]
+async fn revoked_sessions_are_found_among_many() {
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let alice = users(s, &["alice"]).await[0];
+        let mut sessions = Vec::new();
+        for i in 0..5u8 {
+            let session = s
+                .create_session(NewSession {
+                    user_id: alice,
+                    token_hash: [i; 32],
+                    created_at: 0,
+                    expires_at: i64::MAX,
+                })
+                .await
+                .unwrap();
+            sessions.push(session.id);
+        }
+        assert!(s.revoked_among(&sessions).await.unwrap().is_empty(), "{driver}");
+        assert!(s.revoked_among(&[]).await.unwrap().is_empty(), "{driver}");
+        s.revoke_session(sessions[1]).await.unwrap();
+        s.revoke_session(sessions[3]).await.unwrap();
+        let mut revoked = s.revoked_among(&sessions).await.unwrap();
+        revoked.sort_unstable();
+        assert_eq!(revoked, vec![sessions[1], sessions[3]], "{driver}");
+        assert_eq!(
+            s.revoked_among(&sessions[..2]).await.unwrap(),
+            vec![sessions[1]],
+            "{driver}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn sessions_expire_and_are_revoked() {
     for (driver, fresh) in drivers().await {
         let s = &*fresh.store;

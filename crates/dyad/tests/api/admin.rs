@@ -62,7 +62,9 @@ async fn the_operator_deletes_an_account_while_the_server_runs() {
     let alice = server.user("alice").await;
     let mallory = server.user("mallory").await;
     let mut alice_ws = alice.connect().await;
+    let mut mallory_ws = mallory.connect().await;
     alice_ws.send_and_ack(mallory.id, "hi", "k1").await;
+    mallory_ws.expect_message().await;
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("unused.json");
@@ -91,5 +93,7 @@ async fn the_operator_deletes_an_account_while_the_server_runs() {
     // it had the conversation cached.
     alice_ws.send(mallory.id, "still there?", Some("k2")).await;
     alice_ws.expect_error(ErrorCode::UnknownRecipient).await;
+    // Its open WebSocket is cut at the server's next session check.
+    assert_eq!(mallory_ws.expect_close().await, 1008);
     server.stop().await;
 }

@@ -29,6 +29,7 @@ pub fn test_config() -> Config {
     Config {
         presence_grace: Duration::from_millis(400),
         abuse: AbuseLimits::off(),
+        session_check: Duration::from_millis(100),
         ..Config::default()
     }
 }

@@ -380,6 +380,16 @@ impl MessageStore for PostgresStore {
         Ok(())
     }
 
+    async fn revoked_among(&self, sessions: &[SessionId]) -> StoreResult<Vec<SessionId>> {
+        let ids: Vec<i64> = sessions.iter().map(|s| s.0).collect();
+        let revoked: Vec<i64> = sqlx::query_scalar("SELECT id FROM sessions WHERE id = ANY($1) AND revoked")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(revoked.into_iter().map(SessionId).collect())
+    }
+
     async fn write_batch(&self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>> {
         let (reply, outcome) = oneshot::channel();
         self.writer.send((ops, now, reply)).map_err(|_| StoreError::Closed)?;

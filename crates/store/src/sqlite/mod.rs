@@ -389,6 +389,22 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn revoked_among(&self, sessions: &[SessionId]) -> StoreResult<Vec<SessionId>> {
+        // The ids travel as one JSON array: one statement whatever their number.
+        let ids = format!(
+            "[{}]",
+            sessions.iter().map(|s| s.0.to_string()).collect::<Vec<_>>().join(",")
+        );
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT s.id FROM json_each(?1) AS j JOIN sessions s ON s.id = j.value WHERE s.revoked = 1",
+            )?
+            .query_map([ids], |r| Ok(SessionId(r.get(0)?)))?
+            .collect()
+        })
+        .await
+    }
+
     async fn write_batch(&self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>> {
         self.write(move |w| w.write_batch(ops, now)).await
     }
