@@ -6,11 +6,13 @@
 //! everywhere at once.
 #![warn(missing_docs)]
 
+pub mod decode;
 pub mod errors;
 pub mod events;
 pub mod ids;
 pub mod rest;
 
+pub use decode::FrameError;
 pub use errors::ErrorCode;
 pub use events::{ClientEvent, MessageStatus, MessageView, ServerEvent};
 pub use ids::{ConnectionId, MessageId, UserId};

@@ -5,9 +5,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dyad_protocol::events::SendMessage;
-use dyad_protocol::{MessageId, MessageStatus, MessageView, ServerEvent, UserId};
-use dyad_server::codec::{decode_data, decode_envelope, encode};
+use dyad_protocol::{ClientEvent, MessageId, MessageStatus, MessageView, ServerEvent, UserId};
+use dyad_server::codec::encode;
 
 fn codec(c: &mut Criterion) {
     let text = "x".repeat(100);
@@ -26,11 +25,7 @@ fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Elements(1));
     group.bench_function("decode send_message", |b| {
-        b.iter(|| {
-            let envelope = decode_envelope(black_box(&frame)).unwrap();
-            let msg: SendMessage = decode_data(envelope.data).unwrap();
-            black_box(msg)
-        })
+        b.iter(|| black_box(ClientEvent::decode(black_box(&frame)).unwrap()))
     });
     group.bench_function("encode receive_message", |b| {
         b.iter(|| black_box(encode(black_box(&event))))

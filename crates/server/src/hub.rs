@@ -1,12 +1,9 @@
 //! The hub: every live connection on this node, by user; the presence that
 //! follows from them (online, grace, offline); and who watches whose presence.
 //!
-//! Ordering across a reconnect rests on one number, the *committed mark*: the
-//! highest message id whose batch has been committed and handed to the hub.
-//! A new connection is registered and reads the mark under the same lock that
-//! dispatch takes, so every message is either at or below the connection's
-//! `replay_upto` (and is replayed from the store if still undelivered) or
-//! above it (and arrives live), never both and never neither.
+//! A new connection is registered here before it reads its marks
+//! ([`Hub::attach`]), so everything committed after the marks reaches it;
+//! its cursors ([`crate::outbound`]) sort out the rest.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -246,8 +243,8 @@ impl Hub {
         self.cluster.as_ref()
     }
 
-    /// Adds a connection. Its `replay_upto` is the committed mark at this
-    /// instant (on a cluster node: everything, bounded by [`Hub::attach`]'s marks).
+    /// Adds a connection: from now on it gets what is dispatched to its
+    /// user (see [`Hub::attach`] for what it replays instead).
     pub fn register(&self, session: SessionRecord, outbound: mpsc::Sender<Outbound>) -> Arc<Peer> {
         let user = session.user_id;
         let mut came_online = false;

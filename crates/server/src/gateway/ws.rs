@@ -2,9 +2,10 @@
 //! by the connection's bounded outbound queue.
 //!
 //! The writer sends `connected`, replays the undelivered messages up to the
-//! connection's `replay_upto`, sends `pending_complete`, then drains the queue
-//! and pings on the heartbeat. The reader decodes frames and hands them to the
-//! services. Either ending ends the session.
+//! connection's marks (see [`crate::outbound`]), sends `pending_complete`,
+//! then drains the queue through the connection's cursors and pings on the
+//! heartbeat. The reader decodes frames into typed client events and hands
+//! them to the services. Either ending ends the session.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,21 +23,19 @@ use axum::http::header::{HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use axum::response::{IntoResponse, Response};
 use dyad_protocol::events::{ErrorEvent, SendMessage};
 use dyad_protocol::rest::ErrorBody;
-use dyad_protocol::{ErrorCode, MessageId, ServerEvent, UserId};
+use dyad_protocol::{ClientEvent, ErrorCode, ServerEvent, UserId};
 use dyad_store::{NewMessage, PageRequest, SessionRecord, WriteOp};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use super::{Source, bearer};
 use crate::App;
 use crate::abuse::Limit;
+use crate::abuse::buckets::Bucket;
 use crate::clock::now_ms;
-use crate::codec::{decode_data, decode_envelope, encode};
+use crate::codec::encode;
 use crate::committer::{Submission, error_frame};
 use crate::domain::{ClientMsgId, MessageBody};
 use crate::errors::ApiError;
@@ -478,7 +477,7 @@ async fn replay(sink: &mut Sink, peer: &Peer, app: &App, cursors: &Cursors) -> R
 }
 
 async fn read_loop(stream: &mut SplitStream<WebSocket>, peer: &Arc<Peer>, app: &App, heard: &LastHeard) {
-    let mut typing = TypingBudget::new();
+    let mut typing = Typing::new();
     // Made once, not per frame: each fresh cancellation future takes a lock.
     let shutdown = peer.stop_reading().cancelled();
     tokio::pin!(shutdown);
@@ -537,7 +536,7 @@ fn fatal_frame(e: &axum::Error) -> Option<CloseReason> {
     }
 }
 
-async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut TypingBudget) {
+async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut Typing) {
     if text.len() > app.config.max_frame_bytes {
         let limit = app.config.max_frame_bytes;
         return refuse(
@@ -548,21 +547,17 @@ async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut Typin
             None,
         );
     }
-    let envelope = match decode_envelope(text) {
-        Ok(envelope) => envelope,
-        Err((code, why)) => return refuse(app, peer, code, why, None),
+    let event = match ClientEvent::decode(text) {
+        Ok(event) => event,
+        Err(e) => return refuse(app, peer, e.code, e.message, e.client_msg_id),
     };
-    let data = envelope.data;
-    match envelope.event {
-        "send_message" => send_message(app, peer, data).await,
-        "delivery_ack" => {
-            let Some(ack) = parse::<AckData>(app, peer, data, "delivery_ack") else {
-                return;
-            };
-            if short_enough(app, peer, &ack.message_ids) && !ack.message_ids.is_empty() {
+    match event {
+        ClientEvent::SendMessage(msg) => send_message(app, peer, msg).await,
+        ClientEvent::DeliveryAck { message_ids } => {
+            if short_enough(app, peer, &message_ids) && !message_ids.is_empty() {
                 let op = WriteOp::Deliver {
                     recipient_id: peer.user_id,
-                    message_ids: ack.message_ids,
+                    message_ids,
                 };
                 let _ = app
                     .commits
@@ -575,67 +570,20 @@ async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut Typin
                     .await;
             }
         }
-        "subscribe_presence" => {
-            let Some(users) = parse::<UsersData>(app, peer, data, "subscribe_presence") else {
-                return;
-            };
-            if short_enough(app, peer, &users.user_ids) {
-                subscribe(app, peer, users.user_ids).await;
+        ClientEvent::SubscribePresence { user_ids } => {
+            if short_enough(app, peer, &user_ids) {
+                subscribe(app, peer, user_ids).await;
             }
         }
-        "unsubscribe_presence" => {
-            let Some(users) = parse::<UsersData>(app, peer, data, "unsubscribe_presence") else {
-                return;
-            };
-            users.user_ids.into_iter().for_each(|u| app.hub.unwatch(peer, u));
+        ClientEvent::UnsubscribePresence { user_ids } => {
+            user_ids.into_iter().for_each(|u| app.hub.unwatch(peer, u));
         }
-        "typing" => {
-            #[derive(Deserialize)]
-            struct Typing {
-                recipient_id: UserId,
-            }
-            let Some(t) = parse::<Typing>(app, peer, data, "typing") else {
-                return;
-            };
-            if typing.allow() && t.recipient_id != peer.user_id {
-                let frame = encode(&ServerEvent::Typing {
-                    sender_id: peer.user_id,
-                });
-                if !app.hub.relay(t.recipient_id, &frame)
-                    && matches!(app.store.user_by_id(t.recipient_id).await, Ok(None))
-                {
-                    refuse(app, peer, ErrorCode::UnknownRecipient, "no such recipient".into(), None);
-                }
-            }
-        }
-        "ping" => peer.push(encode(&ServerEvent::Pong {})),
-        other => {
-            let name: String = other.chars().take(64).collect();
-            refuse(
-                app,
-                peer,
-                ErrorCode::UnknownEvent,
-                format!("unknown event {name:?}"),
-                None,
-            );
-        }
+        ClientEvent::Typing { recipient_id } => typing.relay(app, peer, recipient_id).await,
+        ClientEvent::Ping {} => peer.push(encode(&ServerEvent::Pong {})),
     }
 }
 
-async fn send_message(app: &App, peer: &Arc<Peer>, data: Option<&RawValue>) {
-    let msg: SendMessage = match decode_data(data) {
-        Ok(msg) => msg,
-        Err(e) => {
-            #[derive(Deserialize)]
-            struct JustTheKey {
-                client_msg_id: Option<String>,
-            }
-            let key = data
-                .and_then(|d| serde_json::from_str::<JustTheKey>(d.get()).ok())
-                .and_then(|k| k.client_msg_id);
-            return refuse(app, peer, ErrorCode::InvalidPayload, format!("send_message: {e}"), key);
-        }
-    };
+async fn send_message(app: &App, peer: &Arc<Peer>, msg: SendMessage) {
     let raw_key = msg.client_msg_id.clone();
     let key = match msg.client_msg_id.map(ClientMsgId::parse).transpose() {
         Ok(key) => key.map(ClientMsgId::into_inner),
@@ -714,27 +662,6 @@ async fn subscribe(app: &App, peer: &Arc<Peer>, users: Vec<UserId>) {
     }
 }
 
-#[derive(Deserialize)]
-struct AckData {
-    message_ids: Vec<MessageId>,
-}
-
-#[derive(Deserialize)]
-struct UsersData {
-    user_ids: Vec<UserId>,
-}
-
-/// Decodes `data`, or refuses the frame with `invalid_payload`.
-fn parse<T: DeserializeOwned>(app: &App, peer: &Peer, data: Option<&RawValue>, event: &str) -> Option<T> {
-    match decode_data(data) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            refuse(app, peer, ErrorCode::InvalidPayload, format!("{event}: {e}"), None);
-            None
-        }
-    }
-}
-
 /// Refuses lists longer than [`MAX_IDS`]; true if the list may pass.
 fn short_enough<T>(app: &App, peer: &Peer, ids: &[T]) -> bool {
     if ids.len() > MAX_IDS {
@@ -755,29 +682,55 @@ fn refuse(app: &App, peer: &Peer, code: ErrorCode, why: String, client_msg_id: O
 }
 
 /// Typing relays per connection: a burst of 10, then 5 a second; the rest
-/// are dropped without a word (typing is ephemeral).
-struct TypingBudget {
-    tokens: f64,
-    at: Instant,
+/// are dropped without a word (typing is ephemeral). A few recipients found
+/// to exist are remembered, so that typing to someone with no connection on
+/// this node (on a cluster: anyone elsewhere) costs one store read, not one
+/// per frame.
+struct Typing {
+    budget: Bucket,
+    known: Vec<UserId>,
 }
 
-impl TypingBudget {
+const TYPING_BURST: f64 = 10.0;
+const TYPING_PER_SECOND: f64 = 5.0;
+/// Recipients a connection remembers as existing.
+const KNOWN_RECIPIENTS: usize = 16;
+
+impl Typing {
     fn new() -> Self {
-        TypingBudget {
-            tokens: 10.0,
-            at: Instant::now(),
+        Typing {
+            budget: Bucket::full(TYPING_BURST, tokio::time::Instant::now()),
+            known: Vec::new(),
         }
     }
 
     fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * 5.0).min(10.0);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        self.budget
+            .take(tokio::time::Instant::now(), TYPING_PER_SECOND, TYPING_BURST)
+            .is_ok()
+    }
+
+    /// Relays a typing frame to `recipient`, or refuses it if there is no
+    /// such user.
+    async fn relay(&mut self, app: &App, peer: &Peer, recipient: UserId) {
+        if !self.allow() || recipient == peer.user_id {
+            return;
+        }
+        let frame = encode(&ServerEvent::Typing {
+            sender_id: peer.user_id,
+        });
+        if app.hub.relay(recipient, &frame) || self.known.contains(&recipient) {
+            return;
+        }
+        match app.store.user_by_id(recipient).await {
+            Ok(Some(user)) if user.deleted_at.is_none() => {
+                if self.known.len() == KNOWN_RECIPIENTS {
+                    self.known.remove(0);
+                }
+                self.known.push(recipient);
+            }
+            Ok(_) => refuse(app, peer, ErrorCode::UnknownRecipient, "no such recipient".into(), None),
+            Err(e) => tracing::debug!(error = %e, "typing: recipient lookup failed"),
         }
     }
 }

@@ -78,6 +78,10 @@ CREATE TABLE dyad_meta (
     name  text  PRIMARY KEY,
     value bytea NOT NULL
 );
+-- Ids are identities clients keep: rows made before the key keep showing
+-- their numbers (8 bytes, big-endian).
+INSERT INTO dyad_meta (name, value) SELECT 'legacy_users', int8send(COALESCE(max(id), 0)) FROM users;
+INSERT INTO dyad_meta (name, value) SELECT 'legacy_messages', int8send(COALESCE(max(id), 0)) FROM messages;
 -- A deleted account keeps its row, so that the messages it exchanged keep
 -- their sender; its name, password and last-seen time are erased.
 ALTER TABLE users ADD COLUMN deleted_at bigint;
@@ -107,8 +111,9 @@ pub(super) async fn migrate(conn: &mut PgConnection) -> sqlx::Result<()> {
     tx.commit().await
 }
 
-/// The database's id key, made by the first node that needs it (several
-/// may start at once: the first insert wins, and all read the winner).
+/// The database's id permutation. Its key is made by the first node that
+/// needs it (several may start at once: the first insert wins, and all read
+/// the winner).
 pub(super) async fn id_cipher(conn: &mut PgConnection) -> Result<IdCipher, String> {
     let fresh = IdCipher::new_key().map_err(|e| format!("no randomness for the id key: {e}"))?;
     sqlx::query("INSERT INTO dyad_meta (name, value) VALUES ('id_key', $1) ON CONFLICT (name) DO NOTHING")
@@ -116,9 +121,21 @@ pub(super) async fn id_cipher(conn: &mut PgConnection) -> Result<IdCipher, Strin
         .execute(&mut *conn)
         .await
         .map_err(|e| e.to_string())?;
-    let key: Vec<u8> = sqlx::query_scalar("SELECT value FROM dyad_meta WHERE name = 'id_key'")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    IdCipher::from_key(&key).ok_or_else(|| format!("the stored id key is {} bytes, not 16", key.len()))
+    let mut read = async |name: &str| -> Result<Vec<u8>, String> {
+        sqlx::query_scalar("SELECT value FROM dyad_meta WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    let key = read("id_key").await?;
+    let mut legacy = async |name: &str| -> Result<i64, String> {
+        let bytes: [u8; 8] = read(name)
+            .await?
+            .try_into()
+            .map_err(|_| format!("{name} is not 8 bytes"))?;
+        Ok(i64::from_be_bytes(bytes))
+    };
+    let (users, messages) = (legacy("legacy_users").await?, legacy("legacy_messages").await?);
+    IdCipher::new(&key, users, messages).ok_or_else(|| format!("the stored id key is {} bytes, not 16", key.len()))
 }

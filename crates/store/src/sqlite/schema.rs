@@ -68,6 +68,10 @@ CREATE TABLE meta (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
+-- Ids are identities clients keep: rows made before the key keep showing
+-- their numbers.
+INSERT INTO meta (name, value) SELECT 'legacy_users', COALESCE(MAX(id), 0) FROM users;
+INSERT INTO meta (name, value) SELECT 'legacy_messages', COALESCE(MAX(id), 0) FROM messages;
 -- A deleted account keeps its row, so that the messages it exchanged keep
 -- their sender; its name, password and last-seen time are erased.
 ALTER TABLE users ADD COLUMN deleted_at INTEGER;
@@ -102,7 +106,7 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The database's id key, made on first use.
+/// The database's id permutation; its key is made on first use.
 pub(super) fn id_cipher(conn: &Connection) -> Result<IdCipher, String> {
     let fresh = IdCipher::new_key().map_err(|e| format!("no randomness for the id key: {e}"))?;
     conn.execute(
@@ -113,31 +117,60 @@ pub(super) fn id_cipher(conn: &Connection) -> Result<IdCipher, String> {
     let key: Vec<u8> = conn
         .query_row("SELECT value FROM meta WHERE name = 'id_key'", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
-    IdCipher::from_key(&key).ok_or_else(|| format!("the stored id key is {} bytes, not 16", key.len()))
+    let legacy = |name: &str| -> Result<i64, String> {
+        conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    IdCipher::new(&key, legacy("legacy_users")?, legacy("legacy_messages")?)
+        .ok_or_else(|| format!("the stored id key is {} bytes, not 16", key.len()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_version_1_database_gets_its_keys_backfilled() {
+    /// A database of schema version 1 holding `rows`, migrated to the newest.
+    fn migrated_from_version_1(rows: &str) -> Connection {
         let mut conn = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
         let tx = conn.transaction().unwrap_or_else(|e| panic!("{e}"));
         tx.execute_batch(MIGRATIONS[0]).unwrap_or_else(|e| panic!("{e}"));
         tx.pragma_update(None, "user_version", 1)
             .unwrap_or_else(|e| panic!("{e}"));
-        tx.execute_batch(
-            "INSERT INTO messages (conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id)
-             VALUES (1, 1, 1, 2, 'hi', 10, 'key-1'), (1, 2, 2, 1, 'yo', 11, NULL)",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        tx.execute_batch(rows).unwrap_or_else(|e| panic!("{e}"));
         tx.commit().unwrap_or_else(|e| panic!("{e}"));
         migrate(&mut conn).unwrap_or_else(|e| panic!("{e}"));
+        conn
+    }
+
+    #[test]
+    fn a_version_1_database_gets_its_keys_backfilled() {
+        let conn = migrated_from_version_1(
+            "INSERT INTO messages (conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id)
+             VALUES (1, 1, 1, 2, 'hi', 10, 'key-1'), (1, 2, 2, 1, 'yo', 11, NULL)",
+        );
         let keys: Vec<Option<i64>> = conn
             .prepare("SELECT client_key FROM messages ORDER BY id")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(keys, vec![Some(client_key("key-1")), None]);
+    }
+
+    #[test]
+    fn accounts_and_messages_from_before_the_key_keep_their_ids() {
+        use crate::ids::IdKind;
+        let conn = migrated_from_version_1(
+            "INSERT INTO users (username, password_hash, created_at) VALUES ('alice', 'h', 1), ('bob', 'h', 1);
+             INSERT INTO messages (conversation_id, seq, sender_id, recipient_id, body, ts) VALUES (1, 1, 1, 2, 'hi', 10)",
+        );
+        let ids = id_cipher(&conn).unwrap_or_else(|e| panic!("{e}"));
+        // What clients already hold still names the same rows.
+        assert_eq!((ids.show(IdKind::User, 2), ids.row(IdKind::User, 2)), (2, 2));
+        assert_eq!(ids.show(IdKind::Message, 1), 1);
+        // Rows made from now on are hidden.
+        assert!(ids.show(IdKind::User, 3) > 1 << 62);
+        assert!(ids.show(IdKind::Message, 2) > 1 << 62);
+        // Opening again reads the same permutation.
+        let again = id_cipher(&conn).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.show(IdKind::User, 3), ids.show(IdKind::User, 3));
     }
 }
