@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use dyad_protocol::UserId;
 use dyad_server::accounts::{hash_password, random_token, token_hash};
 use dyad_server::clock::now_ms;
-use dyad_server::domain::{Password, Username};
+use dyad_server::domain::{ClientMsgId, MessageBody, Password, Username};
 use dyad_server::errors::ApiError;
 use dyad_store::ProvisionedAccount;
 
@@ -172,14 +172,16 @@ async fn fill(args: FillArgs) -> anyhow::Result<()> {
         let ops = (written..written + n)
             .map(|i| {
                 let from = i % users.len();
-                dyad_store::WriteOp::Send(dyad_store::NewMessage {
+                let invalid = |code| anyhow::anyhow!("fill message {i}: {code}");
+                Ok(dyad_store::WriteOp::Send(dyad_store::NewMessage {
                     sender_id: users[from].id,
                     recipient_id: users[from ^ 1].id,
-                    body: format!("fill message {i} {}", "x".repeat(64)),
-                    client_msg_id: Some(format!("fill-{i}")),
-                })
+                    body: MessageBody::parse(format!("fill message {i} {}", "x".repeat(64)), usize::MAX)
+                        .map_err(invalid)?,
+                    client_msg_id: Some(ClientMsgId::parse(format!("fill-{i}")).map_err(invalid)?),
+                }))
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         store.write_batch(ops, FILL_EPOCH + batch_no).await?;
         written += n;
         batch_no += 1;

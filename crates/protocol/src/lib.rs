@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod decode;
+pub mod domain;
 pub mod errors;
 pub mod events;
 pub mod ids;

@@ -19,7 +19,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -30,6 +30,7 @@ use dyad_protocol::rest::{SessionCreated, UserCreated};
 use dyad_store::{MessageStore, NewSession, SessionId, SessionRecord, TokenHash, UserRecord};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
 use crate::abuse::{AbuseGuard, AddressKey, HashingRefused, HashingSlot, Limit};
 use crate::clock::now_ms;
@@ -319,11 +320,11 @@ struct LoginThrottle {
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
-    last: tokio::time::Instant,
+    last: Instant,
 }
 
 impl Failures {
-    fn locked_until(&self) -> Option<tokio::time::Instant> {
+    fn locked_until(&self) -> Option<Instant> {
         let over = self.count.checked_sub(FREE_FAILURES)?;
         let wait = Duration::from_secs(1u64 << over.min(16)).min(MAX_LOCKOUT);
         Some(self.last + wait)
@@ -352,7 +353,7 @@ impl LoginThrottle {
             .lock()
             .map_err(|_| ApiError::Internal("throttle lock poisoned".into()))?;
         if let Some(until) = map.get(&key).and_then(Failures::locked_until) {
-            let now = tokio::time::Instant::now();
+            let now = Instant::now();
             if until > now {
                 return Err(ApiError::TooManyAttempts(until - now));
             }
@@ -362,7 +363,7 @@ impl LoginThrottle {
 
     fn record_failure(&self, key: u64) {
         let Ok(mut map) = self.failures.lock() else { return };
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let entry = map.get_or_insert_mut(key, || Failures { count: 0, last: now });
         if now.duration_since(entry.last) >= FAILURE_MEMORY {
             entry.count = 0;
@@ -405,6 +406,31 @@ mod tests {
         assert!(t.check(t.key("bob", ip(3))).is_ok(), "nor the same name from elsewhere");
         t.forget(bob);
         assert!(t.check(bob).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_doubles_with_each_failure_and_old_failures_are_forgotten() {
+        let t = LoginThrottle::new(100);
+        let bob = t.key("bob", ip(2));
+        let wait = |t: &LoginThrottle| match t.check(bob) {
+            Err(ApiError::TooManyAttempts(wait)) => wait,
+            other => panic!("expected a wait, got {other:?}"),
+        };
+        for _ in 0..FREE_FAILURES {
+            t.record_failure(bob);
+        }
+        assert_eq!(wait(&t), Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(t.check(bob).is_ok(), "the wait is over");
+        t.record_failure(bob);
+        assert_eq!(wait(&t), Duration::from_secs(2));
+        for _ in 0..20 {
+            t.record_failure(bob);
+        }
+        assert_eq!(wait(&t), MAX_LOCKOUT);
+        tokio::time::advance(FAILURE_MEMORY).await;
+        t.record_failure(bob);
+        assert!(t.check(bob).is_ok(), "failures older than the memory start over");
     }
 
     #[test]

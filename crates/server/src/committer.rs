@@ -25,10 +25,18 @@ pub struct Submission {
     pub op: WriteOp,
     /// The connection that asked, to get the ack or the error.
     pub origin: Option<Arc<Peer>>,
-    /// Echoed in the ack or error.
-    pub client_msg_id: Option<String>,
     /// The origin's in-flight slot, released once the answer is queued.
     pub slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a write's answer goes, kept beside the batch while it commits.
+struct Route {
+    /// The connection that asked.
+    origin: Option<Arc<Peer>>,
+    /// The send's key, echoed in its ack or error.
+    client_msg_id: Option<String>,
+    /// Held until the answer is queued.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 enum Request {
@@ -89,8 +97,16 @@ async fn run(
         for request in requests.drain(..) {
             match request {
                 Request::Write(s) => {
+                    let client_msg_id = match &s.op {
+                        WriteOp::Send(m) => m.client_msg_id.as_ref().map(|k| k.as_str().to_owned()),
+                        WriteOp::Deliver { .. } => None,
+                    };
                     ops.push(s.op);
-                    routes.push((s.origin, s.client_msg_id, s.slot));
+                    routes.push(Route {
+                        origin: s.origin,
+                        client_msg_id,
+                        _slot: s.slot,
+                    });
                 }
                 Request::Flush(done) => flushes.push(done),
             }
@@ -103,8 +119,6 @@ async fn run(
         }
     }
 }
-
-type Route = (Option<Arc<Peer>>, Option<String>, Option<OwnedSemaphorePermit>);
 
 async fn commit(store: &dyn MessageStore, hub: &Hub, metrics: &Metrics, ops: Vec<WriteOp>, routes: Vec<Route>) {
     let started = Instant::now();
@@ -120,20 +134,20 @@ async fn commit(store: &dyn MessageStore, hub: &Hub, metrics: &Metrics, ops: Vec
                 tracing::warn!(error = %e, ops = count, "group commit failed; refusing its sends");
             }
             metrics.commit_failures.inc();
-            for (origin, client_msg_id, _slot) in routes {
-                if let Some(origin) = origin {
+            for route in routes {
+                if let Some(origin) = route.origin {
                     origin.push(error_frame(
                         ErrorCode::Unavailable,
                         "storage unavailable; nothing was stored",
-                        client_msg_id,
+                        route.client_msg_id,
                     ));
                 }
             }
             return;
         }
     };
-    for (outcome, (origin, client_msg_id, _slot)) in outcomes.into_iter().zip(routes) {
-        dispatch(hub, metrics, outcome, origin, client_msg_id);
+    for (outcome, route) in outcomes.into_iter().zip(routes) {
+        dispatch(hub, metrics, outcome, route.origin, route.client_msg_id);
     }
 }
 

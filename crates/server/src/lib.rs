@@ -12,7 +12,7 @@ pub mod cluster;
 pub mod codec;
 pub mod committer;
 pub mod config;
-pub mod domain;
+pub use dyad_protocol::domain;
 pub mod errors;
 pub mod flood;
 mod gateway;

@@ -18,11 +18,12 @@
 //! committed later and therefore published later, so they arrive live.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use dyad_protocol::{MessageId, UserId};
 use dyad_store::StoredMessage;
+use tokio::time::Instant;
 
 /// How long a message that skips a `seq` waits for the missing ones to
 /// arrive before they are read from the store.

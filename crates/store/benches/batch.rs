@@ -56,8 +56,8 @@ fn bench_store(
                     ops.push(WriteOp::Send(NewMessage {
                         sender_id: users[from],
                         recipient_id: users[from ^ 1],
-                        body: "x".repeat(100),
-                        client_msg_id: Some(format!("k{next}")),
+                        body: dyad_store::testing::body("x".repeat(100)),
+                        client_msg_id: Some(dyad_store::testing::key(format!("k{next}"))),
                     }));
                     *next += 1;
                 }

@@ -38,8 +38,8 @@ async fn main() {
             ops.push(WriteOp::Send(NewMessage {
                 sender_id: ids[from],
                 recipient_id: ids[from ^ 1],
-                body: "x".repeat(100),
-                client_msg_id: Some(format!("run-{k}")),
+                body: dyad_store::testing::body("x".repeat(100)),
+                client_msg_id: Some(dyad_store::testing::key(format!("run-{k}"))),
             }));
             k += 1;
         }

@@ -1,5 +1,6 @@
 //! The records a store reads and writes.
 
+use dyad_protocol::domain::{ClientMsgId, MessageBody};
 use dyad_protocol::{MessageId, MessageStatus, MessageView, UserId};
 
 /// An account as stored.
@@ -96,10 +97,10 @@ pub struct NewMessage {
     pub sender_id: UserId,
     /// Who it is for; must exist and differ from the sender.
     pub recipient_id: UserId,
-    /// The text, already validated.
-    pub body: String,
+    /// The text.
+    pub body: MessageBody,
     /// The sender's idempotency key.
-    pub client_msg_id: Option<String>,
+    pub client_msg_id: Option<ClientMsgId>,
 }
 
 /// One operation of a batch.

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use dyad_protocol::domain::{ClientMsgId, MessageBody};
 use sqlx::{Connection, PgConnection};
 
 use crate::postgres::backend;
@@ -75,4 +76,14 @@ pub fn numbered_accounts(n: usize) -> Vec<ProvisionedAccount> {
             expires_at: 1,
         })
         .collect()
+}
+
+/// A message text for tests and benches; panics on text no client could send.
+pub fn body(text: impl Into<String>) -> MessageBody {
+    MessageBody::parse(text.into(), usize::MAX).unwrap_or_else(|code| panic!("not a message body: {code}"))
+}
+
+/// An idempotency key for tests and benches; panics on one no client could send.
+pub fn key(key: impl Into<String>) -> ClientMsgId {
+    ClientMsgId::parse(key.into()).unwrap_or_else(|code| panic!("not a client_msg_id: {code}"))
 }

@@ -56,8 +56,8 @@ fn send(from: UserId, to: UserId, body: &str, key: Option<&str>) -> WriteOp {
     WriteOp::Send(NewMessage {
         sender_id: from,
         recipient_id: to,
-        body: body.into(),
-        client_msg_id: key.map(str::to_owned),
+        body: dyad_store::testing::body(body),
+        client_msg_id: key.map(dyad_store::testing::key),
     })
 }
 

@@ -25,8 +25,8 @@ async fn the_wal_stays_bounded_under_steady_writes() {
                 WriteOp::Send(NewMessage {
                     sender_id: users[from],
                     recipient_id: users[from ^ 1],
-                    body: "x".repeat(200),
-                    client_msg_id: Some(format!("{b}-{i}")),
+                    body: dyad_store::testing::body("x".repeat(200)),
+                    client_msg_id: Some(dyad_store::testing::key(format!("{b}-{i}"))),
                 })
             })
             .collect();
@@ -74,7 +74,7 @@ async fn a_running_store_sees_what_another_process_wrote() {
         vec![WriteOp::Send(NewMessage {
             sender_id: alice,
             recipient_id: bob,
-            body: "hi".into(),
+            body: dyad_store::testing::body("hi"),
             client_msg_id: None,
         })]
     };

@@ -98,15 +98,9 @@ async fn failed_logins_are_throttled_per_username_and_successes_are_not() {
         api_error(c.login("alice", PASSWORD).await),
         (429, ErrorCode::TooManyAttempts)
     );
-    // Other names are not affected.
+    // Other names are not affected. (The waits themselves, with paused
+    // time: the unit tests of the throttle in accounts.rs.)
     c.login("bob", PASSWORD).await.unwrap();
-    // After the wait the right password works and clears the count.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    c.login("alice", PASSWORD).await.unwrap();
-    assert_eq!(
-        api_error(c.login("alice", "wrong password").await),
-        (401, ErrorCode::InvalidCredentials)
-    );
     server.stop().await;
 }
 

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -28,6 +28,7 @@ use dyad_store::{NewMessage, PageRequest, SessionRecord, WriteOp};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use super::{Source, bearer};
@@ -252,7 +253,7 @@ async fn write_loop(
     }
     let mut ready = Vec::new();
     let beat = app.config.heartbeat_interval.max(Duration::from_millis(10));
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + beat, beat);
     loop {
         let gap_deadline = cursors.deadline();
         let written = tokio::select! {
@@ -396,7 +397,7 @@ async fn write_all(sink: &mut Sink, ready: &mut Vec<Utf8Bytes>, within: Duration
 /// Resolves when a held message has waited long enough.
 fn gap_timer(deadline: Option<Instant>) -> Pin<Box<tokio::time::Sleep>> {
     let at = deadline.unwrap_or_else(Instant::now);
-    Box::pin(tokio::time::sleep_until(at.into()))
+    Box::pin(tokio::time::sleep_until(at))
 }
 
 /// Reads the messages missing before each held one from the store. While
@@ -564,7 +565,6 @@ async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut Typin
                     .submit(Submission {
                         op,
                         origin: None,
-                        client_msg_id: None,
                         slot: None,
                     })
                     .await;
@@ -586,25 +586,22 @@ async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut Typin
 async fn send_message(app: &App, peer: &Arc<Peer>, msg: SendMessage) {
     let raw_key = msg.client_msg_id.clone();
     let key = match msg.client_msg_id.map(ClientMsgId::parse).transpose() {
-        Ok(key) => key.map(ClientMsgId::into_inner),
+        Ok(key) => key,
         Err(code) => return refuse(app, peer, code, "client_msg_id must be 1-128 bytes".into(), raw_key),
     };
+    // Echoed in a refusal.
+    let echo = || key.as_ref().map(|k| k.as_str().to_owned());
     let body = match MessageBody::parse(msg.message, app.config.max_message_chars) {
         Ok(body) => body,
         Err(ErrorCode::MessageTooLong) => {
             let why = format!("messages are limited to {} characters", app.config.max_message_chars);
-            return refuse(app, peer, ErrorCode::MessageTooLong, why, key);
+            return refuse(app, peer, ErrorCode::MessageTooLong, why, echo());
         }
-        Err(code) => return refuse(app, peer, code, "the message is empty".into(), key),
+        Err(code) => return refuse(app, peer, code, "the message is empty".into(), echo()),
     };
     if msg.recipient_id == peer.user_id {
-        return refuse(
-            app,
-            peer,
-            ErrorCode::UnknownRecipient,
-            "you cannot send a message to yourself".into(),
-            key,
-        );
+        let why = "you cannot send a message to yourself".into();
+        return refuse(app, peer, ErrorCode::UnknownRecipient, why, echo());
     }
     if let Err(wait) = app.flood.take(peer.user_id) {
         app.metrics.refused_frames.inc();
@@ -612,33 +609,27 @@ async fn send_message(app: &App, peer: &Arc<Peer>, msg: SendMessage) {
         return peer.push(encode(&ServerEvent::Error(ErrorEvent {
             code: ErrorCode::RateLimited,
             message: format!("too many messages; retry in {retry_after_ms} ms"),
-            client_msg_id: key,
+            client_msg_id: echo(),
             retry_after_ms: Some(retry_after_ms),
         })));
     }
-    let op = WriteOp::Send(NewMessage {
-        sender_id: peer.user_id,
-        recipient_id: msg.recipient_id,
-        body: body.into_inner(),
-        client_msg_id: key.clone(),
-    });
     let Ok(slot) = peer.sends_in_flight.clone().acquire_owned().await else {
         return;
     };
+    let refused_key = echo();
     let submission = Submission {
-        op,
+        op: WriteOp::Send(NewMessage {
+            sender_id: peer.user_id,
+            recipient_id: msg.recipient_id,
+            body,
+            client_msg_id: key,
+        }),
         origin: Some(peer.clone()),
-        client_msg_id: key.clone(),
         slot: Some(slot),
     };
     if app.commits.submit(submission).await.is_err() {
-        refuse(
-            app,
-            peer,
-            ErrorCode::Unavailable,
-            "the server is shutting down; nothing was stored".into(),
-            key,
-        );
+        let why = "the server is shutting down; nothing was stored".into();
+        refuse(app, peer, ErrorCode::Unavailable, why, refused_key);
     }
 }
 
@@ -699,14 +690,14 @@ const KNOWN_RECIPIENTS: usize = 16;
 impl Typing {
     fn new() -> Self {
         Typing {
-            budget: Bucket::full(TYPING_BURST, tokio::time::Instant::now()),
+            budget: Bucket::full(TYPING_BURST, Instant::now()),
             known: Vec::new(),
         }
     }
 
     fn allow(&mut self) -> bool {
         self.budget
-            .take(tokio::time::Instant::now(), TYPING_PER_SECOND, TYPING_BURST)
+            .take(Instant::now(), TYPING_PER_SECOND, TYPING_BURST)
             .is_ok()
     }
 

@@ -19,6 +19,7 @@ use sqlx::{PgConnection, Row};
 use super::{backend, message_at, message_columns, messages};
 use crate::ids::IdCipher;
 use crate::{DeliveredMessage, NewMessage, StoreResult, StoredMessage, WriteOp, WriteOutcome, client_key};
+use dyad_protocol::domain::ClientMsgId;
 
 /// How often a batch is rerun after a deadlock before the error stands.
 const ATTEMPTS: usize = 4;
@@ -150,8 +151,8 @@ async fn store_sends(
         .iter()
         .filter_map(|m| {
             m.client_msg_id
-                .as_deref()
-                .map(|k| (ids.user_row(m.sender_id), client_key(k)))
+                .as_ref()
+                .map(|k| (ids.user_row(m.sender_id), client_key(k.as_str())))
         })
         .unzip();
     let rows = sqlx::query(concat!(
@@ -192,7 +193,7 @@ async fn store_sends(
         if let Some(original) = m
             .client_msg_id
             .as_ref()
-            .and_then(|k| originals.get(&(m.sender_id.get(), k.clone())))
+            .and_then(|k| originals.get(&(m.sender_id.get(), k.as_str().to_owned())))
         {
             outcomes.push(WriteOutcome::Stored {
                 message: original.clone(),
@@ -214,15 +215,16 @@ async fn store_sends(
             id: ids.message(id),
             sender_id: m.sender_id,
             recipient_id: m.recipient_id,
-            body: m.body.clone(),
+            body: m.body.as_str().to_owned(),
             timestamp: head.last_ts,
             seq: head.last_seq,
             delivered_at: None,
         };
-        rows.push(ids, head.id, &message, m.client_msg_id.as_deref());
+        let key = m.client_msg_id.as_ref().map(ClientMsgId::as_str);
+        rows.push(ids, head.id, &message, key);
         // A second send with the same key in this batch is a retry of this one.
-        if let Some(k) = &m.client_msg_id {
-            originals.insert((m.sender_id.get(), k.clone()), message.clone());
+        if let Some(k) = key {
+            originals.insert((m.sender_id.get(), k.to_owned()), message.clone());
         }
         outcomes.push(WriteOutcome::Stored {
             message,

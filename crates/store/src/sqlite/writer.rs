@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::rows::{self, message_columns};
 use crate::ids::IdCipher;
 use crate::{DeliveredMessage, NewMessage, StoreError, StoreResult, StoredMessage, WriteOp, WriteOutcome, client_key};
+use dyad_protocol::domain::ClientMsgId;
 
 /// A unit of work for the writer thread.
 pub(super) type Job = Box<dyn FnOnce(&mut Writer) + Send>;
@@ -136,8 +137,9 @@ fn send(
             None => return Ok(WriteOutcome::UnknownRecipient),
         },
     };
-    let hashed_key = msg.client_msg_id.as_deref().map(client_key);
-    if let (Some(key), Some(hash)) = (&msg.client_msg_id, hashed_key) {
+    let key = msg.client_msg_id.as_ref().map(ClientMsgId::as_str);
+    let hashed_key = key.map(client_key);
+    if let (Some(key), Some(hash)) = (key, hashed_key) {
         // A retry: answer with the message stored under this key the first time.
         // (One writer, one transaction: nothing can slip in between.)
         let original = tx
@@ -167,9 +169,9 @@ fn send(
         seq,
         sender,
         recipient,
-        msg.body,
+        msg.body.as_str(),
         ts,
-        msg.client_msg_id,
+        key,
         hashed_key
     ])?;
     let id = tx.last_insert_rowid();
@@ -183,7 +185,7 @@ fn send(
             id: ids.message(id),
             sender_id: msg.sender_id,
             recipient_id: msg.recipient_id,
-            body: msg.body,
+            body: msg.body.into_inner(),
             timestamp: ts,
             seq,
             delivered_at: None,

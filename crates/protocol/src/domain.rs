@@ -1,7 +1,8 @@
 //! Validated values. Each type's `parse` is the only way to make one, so a
-//! value of the type is known to be valid wherever it travels.
+//! value of the type is known to be valid wherever it travels: from the
+//! frame or request it came in, through the server, down to the store.
 
-use dyad_protocol::ErrorCode;
+use crate::ErrorCode;
 
 /// A username: 3–32 characters of `a-z 0-9 _ . -`, folded to lower case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +74,11 @@ impl MessageBody {
     }
 
     /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The text.
     pub fn into_inner(self) -> String {
         self.0
     }
@@ -90,6 +96,11 @@ impl ClientMsgId {
         } else {
             Err(ErrorCode::InvalidPayload)
         }
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
     /// The key.
