@@ -120,6 +120,7 @@ async fn run(
     }
 }
 
+#[tracing::instrument(level = "debug", name = "commit_batch", skip_all, fields(ops = ops.len()))]
 async fn commit(store: &dyn MessageStore, hub: &Hub, metrics: &Metrics, ops: Vec<WriteOp>, routes: Vec<Route>) {
     let started = Instant::now();
     let count = ops.len();
@@ -151,6 +152,7 @@ async fn commit(store: &dyn MessageStore, hub: &Hub, metrics: &Metrics, ops: Vec
     }
 }
 
+#[tracing::instrument(level = "trace", skip_all, fields(client_msg_id = client_msg_id.as_deref()))]
 fn dispatch(
     hub: &Hub,
     metrics: &Metrics,

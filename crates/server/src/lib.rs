@@ -67,9 +67,15 @@ pub enum ServeError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
-    /// Start-up failed otherwise.
-    #[error("start-up: {0}")]
-    Startup(String),
+    /// Redis could not be reached at start-up.
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
+    /// The account service could not start (no randomness for its decoy hash).
+    #[error("accounts: {0}")]
+    Accounts(#[source] errors::ApiError),
+    /// The HTTP task ended abnormally (it panicked).
+    #[error("http: {0}")]
+    Http(#[from] tokio::task::JoinError),
 }
 
 /// Serves dyad on `listener` until `shutdown` resolves, then stops cleanly:
@@ -83,11 +89,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
     let cluster = match &config.cluster {
-        Some(c) => Some(
-            cluster::Cluster::connect(c)
-                .await
-                .map_err(|e| ServeError::Startup(e.to_string()))?,
-        ),
+        Some(c) => Some(cluster::Cluster::connect(c).await?),
         None => None,
     };
     let hub = Arc::new(Hub::new(
@@ -98,10 +100,8 @@ pub async fn serve(
     ));
     let (commits, commit_task) = GroupCommit::start(store.clone(), hub.clone(), metrics.clone(), config.max_batch);
     let guard = Arc::new(AbuseGuard::new(config.abuse.clone(), metrics.refused.clone()));
-    let accounts = Arc::new(
-        Accounts::new(store.clone(), config.token_ttl, guard.clone())
-            .map_err(|e| ServeError::Startup(e.to_string()))?,
-    );
+    let accounts =
+        Arc::new(Accounts::new(store.clone(), config.token_ttl, guard.clone()).map_err(ServeError::Accounts)?);
     let heartbeat = match cluster {
         Some((cluster, tasks)) => {
             let (to_hub, to_accounts) = (hub.clone(), accounts.clone());
@@ -211,9 +211,7 @@ pub async fn serve(
     }
     // After the heartbeat, which would renew it.
     app.hub.leave_cluster().await;
-    if let Err(e) = http.await {
-        return Err(ServeError::Startup(e.to_string()));
-    }
+    http.await?;
     drop(app);
     let _ = commit_task.await;
     tracing::info!("stopped");

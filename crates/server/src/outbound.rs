@@ -50,7 +50,7 @@ pub enum Kind {
 }
 
 /// A frame about one message, with where the message stands in its conversation.
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sequenced {
     /// The other participant, from the connection's side.
     pub peer: UserId,

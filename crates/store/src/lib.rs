@@ -30,7 +30,7 @@ pub enum StoreError {
     UsernameTaken,
     /// The database refused or failed.
     #[error("storage failed: {0}")]
-    Backend(String),
+    Backend(#[source] BoxError),
     /// The store is shut down.
     #[error("store is closed")]
     Closed,
@@ -38,6 +38,14 @@ pub enum StoreError {
 
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A driver's own error, kept whole as the source of [`StoreError::Backend`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Wraps a driver's error (or a message) as [`StoreError::Backend`].
+pub(crate) fn backend(e: impl Into<BoxError>) -> StoreError {
+    StoreError::Backend(e.into())
+}
 
 /// A message store. Drivers implement the methods in this order.
 #[async_trait]
@@ -108,16 +116,14 @@ pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
     }
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
-            return Err(StoreError::Backend(
-                "sqlite:// needs a file path, e.g. sqlite://dyad-data/dyad.db".into(),
-            ));
+            return Err(backend("sqlite:// needs a file path, e.g. sqlite://dyad-data/dyad.db"));
         }
         return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
             path,
         ))?));
     }
     let scheme = url.split("://").next().unwrap_or(url);
-    Err(StoreError::Backend(format!(
+    Err(backend(format!(
         "unsupported database URL scheme {scheme:?}: use sqlite://PATH or postgres://USER@HOST/DB"
     )))
 }

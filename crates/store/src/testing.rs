@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use dyad_protocol::domain::{ClientMsgId, MessageBody};
 use sqlx::{Connection, PgConnection};
 
-use crate::postgres::backend;
+use crate::backend;
 use crate::{ProvisionedAccount, StoreResult};
 
 /// The database tests use: `DYAD_TEST_POSTGRES`, else the machine's local

@@ -51,6 +51,8 @@ fn node_config(redis: &str, prefix: &str, node: &str) -> Config {
             presence_ttl: TTL,
         }),
         rate_limit: 0,
+        // Revocations must cross the bus: the store check would hide a loss.
+        session_check: Duration::from_secs(3600),
         ..test_config()
     }
 }
@@ -222,6 +224,14 @@ async fn three_nodes_serve_two_users_as_if_they_were_one() {
         let there = via(&alice, &node.base).client;
         assert_eq!(api_error(there.conversations().await), (401, ErrorCode::Unauthorized));
     }
+
+    // Bob deletes his account on A: his socket on B closes, and C, which
+    // had his session cached, refuses it.
+    via(&bob, &c.base).client.conversations().await.unwrap();
+    via(&bob, &a.base).client.delete_account(PASSWORD).await.unwrap();
+    assert_eq!(bob_b.expect_close().await, 1008);
+    let on_c = via(&bob, &c.base).client;
+    assert_eq!(api_error(on_c.conversations().await), (401, ErrorCode::Unauthorized));
     for node in nodes {
         node.stop().await;
     }

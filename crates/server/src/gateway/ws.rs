@@ -172,9 +172,12 @@ impl LastHeard {
     }
 }
 
+#[tracing::instrument(level = "debug", name = "session", skip_all,
+    fields(user_id = %session.user_id, connection = tracing::field::Empty))]
 async fn session_main(socket: WebSocket, app: Arc<App>, session: SessionRecord) {
     let (tx, rx) = mpsc::channel(app.config.outbound_queue.max(1));
     let peer = app.hub.register(session, tx);
+    tracing::Span::current().record("connection", tracing::field::display(peer.id));
     if app.shutdown.is_cancelled() {
         peer.stop_reading().cancel();
     }
@@ -583,6 +586,8 @@ async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing: &mut Typin
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all,
+    fields(recipient_id = %msg.recipient_id, client_msg_id = msg.client_msg_id.as_deref()))]
 async fn send_message(app: &App, peer: &Arc<Peer>, msg: SendMessage) {
     let raw_key = msg.client_msg_id.clone();
     let key = match msg.client_msg_id.map(ClientMsgId::parse).transpose() {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dyad_protocol::{MessageId, UserId};
 
+use crate::backend;
 use crate::ids::IdCipher;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
@@ -154,10 +155,6 @@ fn spawn_writer(options: PgConnectOptions, ids: IdCipher) -> StoreResult<mpsc::U
         })
         .map_err(backend)?;
     Ok(jobs)
-}
-
-pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
 }
 
 fn message(row: &PgRow, ids: IdCipher) -> sqlx::Result<StoredMessage> {

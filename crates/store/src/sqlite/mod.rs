@@ -16,6 +16,7 @@ use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::backend;
 use crate::ids::IdCipher;
 use crate::{
     ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId, SessionRecord,
@@ -52,10 +53,6 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
-}
-
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
 }
 
 /// Starts the thread that checkpoints the WAL every [`CHECKPOINT_EVERY`]

@@ -64,7 +64,7 @@ impl Writer {
         if result.is_err() {
             self.heads.clear();
         }
-        result.map_err(|e| StoreError::Backend(e.to_string()))
+        result.map_err(|e| StoreError::Backend(Box::new(e)))
     }
 
     fn try_write_batch(&mut self, ops: Vec<WriteOp>, now: i64) -> rusqlite::Result<Vec<WriteOutcome>> {

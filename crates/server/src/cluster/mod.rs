@@ -21,6 +21,8 @@
 //! a later message in the same conversation makes the recipient's connection
 //! fetch it (see [`crate::outbound`]), and the next connect replays it.
 
+mod payload;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
-use dyad_protocol::{ConnectionId, MessageId, UserId};
+use dyad_protocol::{ConnectionId, UserId};
 use dyad_store::SessionId;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
@@ -36,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::now_ms;
 use crate::outbound::{Kind, Sequenced};
+use payload::Payload;
 
 /// Users per Redis pipeline in the per-user sweeps (heartbeat, watched
 /// users, leaving): one round trip each, none too large for Redis to answer
@@ -282,8 +285,8 @@ impl Cluster {
     /// look at the users they watch once it has passed.
     pub async fn leaving(&self, users: &[UserId], grace: Duration) -> Result<(), ClusterError> {
         let mine = format!("{}/", self.node_id);
+        let notice = Payload::NodeLeft { grace }.encode(&self.origin);
         let grace = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX).max(1);
-        let notice = self.payload('l', [grace, 0, 0, 0], "");
         for chunk in users.chunks(PIPELINE_USERS) {
             let mut pipe = redis::pipe();
             for user in chunk {
@@ -378,75 +381,57 @@ impl Cluster {
         }
     }
 
-    /// Payload: `kind origin a b c d frame`, tab-separated (JSON frames hold
-    /// no raw tabs); the numbers mean what each kind says.
-    fn publish(&self, channel: String, kind: char, numbers: [i64; 4], frame: &str) {
-        let _ = self.publish.send((channel, self.payload(kind, numbers, frame)));
-    }
-
-    /// `kind`, this process, four numbers and a frame, tab-separated.
-    fn payload(&self, kind: char, [a, b, c, d]: [i64; 4], frame: &str) -> String {
-        format!("{kind}\t{}\t{a}\t{b}\t{c}\t{d}\t{frame}", self.origin)
+    fn publish(&self, channel: String, payload: &Payload) {
+        let _ = self.publish.send((channel, payload.encode(&self.origin)));
     }
 
     /// Tells `user`'s devices on other nodes about a message in their
     /// conversation with `item.peer` (`receive_message`), or that one of
     /// their messages was delivered (`message_delivered`).
     pub fn publish_sequenced(&self, user: UserId, kind: Kind, item: &Sequenced) {
-        let tag = if kind == Kind::Delivered { 'd' } else { 'm' };
-        let numbers = [item.peer.get(), item.seq, item.id.get(), item.ts];
-        self.publish(self.user_channel(user), tag, numbers, item.frame.as_str());
+        let payload = match kind {
+            Kind::Delivered => Payload::Delivered(item.clone()),
+            Kind::Message | Kind::Ack => Payload::Message(item.clone()),
+        };
+        self.publish(self.user_channel(user), &payload);
     }
 
     /// Relays a typing frame to `user`'s devices on other nodes.
     pub fn publish_typing(&self, user: UserId, frame: &Utf8Bytes) {
-        self.publish(self.user_channel(user), 't', [0; 4], frame.as_str());
+        self.publish(self.user_channel(user), &Payload::Typing(frame.clone()));
     }
 
     /// Tells every other node that sessions were revoked.
     pub fn publish_revoked(&self, user: UserId, revoked: Revoked) {
-        match revoked {
-            Revoked::Session(session) => self.publish(self.sessions_channel(), 'r', [session.0, user.get(), 0, 0], ""),
-            Revoked::Account => self.publish(self.sessions_channel(), 'a', [0, user.get(), 0, 0], ""),
-        }
+        self.publish(self.sessions_channel(), &Payload::Revoked { user, revoked });
     }
 
     /// Tells the other nodes' watchers of `user` about a presence change.
     pub fn publish_presence(&self, user: UserId, online: bool, frame: &Utf8Bytes) {
-        let numbers = [i64::from(online), 0, 0, 0];
-        self.publish(self.presence_channel(user), 'p', numbers, frame.as_str());
+        let payload = Payload::Presence {
+            online,
+            frame: frame.clone(),
+        };
+        self.publish(self.presence_channel(user), &payload);
     }
 
-    /// Decodes one pub/sub message; `None` for our own and for garbage.
-    fn decode(&self, channel: &str, payload: &str) -> Option<Incoming> {
+    /// Decodes one pub/sub message; `None` for our own, for garbage, and
+    /// for a payload on a channel it does not belong on.
+    fn decode(&self, channel: &str, text: &str) -> Option<Incoming> {
         let rest = channel.strip_prefix(&self.prefix)?;
         let (kind_of_channel, id) = rest.split_once(':').unwrap_or((rest, "0"));
         let user = UserId(id.parse().ok()?);
-        let mut fields = payload.splitn(7, '\t');
-        let kind = fields.next()?;
-        if fields.next()? == self.origin {
+        let (origin, payload) = Payload::decode(text)?;
+        if origin == self.origin {
             return None;
         }
-        let a: i64 = fields.next()?.parse().ok()?;
-        let b: i64 = fields.next()?.parse().ok()?;
-        let c: i64 = fields.next()?.parse().ok()?;
-        let d: i64 = fields.next()?.parse().ok()?;
-        let tail = fields.next().unwrap_or("");
-        let sequenced = || Sequenced {
-            peer: UserId(a),
-            seq: b,
-            id: MessageId(c),
-            ts: d,
-            frame: Utf8Bytes::from(tail),
-        };
-        match (kind_of_channel, kind) {
-            ("user", "m") => Some(Incoming::Message(user, sequenced())),
-            ("user", "d") => Some(Incoming::Delivered(user, sequenced())),
-            ("user", "t") => Some(Incoming::Typing(user, Utf8Bytes::from(tail))),
-            ("sessions", "r") => Some(Incoming::Revoked(UserId(b), Revoked::Session(SessionId(a)))),
-            ("sessions", "a") => Some(Incoming::Revoked(UserId(b), Revoked::Account)),
-            ("presence", "p") => Some(Incoming::Presence(user, a == 1, Utf8Bytes::from(tail))),
-            ("nodes", "l") => Some(Incoming::NodeLeft(Duration::from_millis(u64::try_from(a).ok()?))),
+        match (kind_of_channel, payload) {
+            ("user", Payload::Message(s)) => Some(Incoming::Message(user, s)),
+            ("user", Payload::Delivered(s)) => Some(Incoming::Delivered(user, s)),
+            ("user", Payload::Typing(frame)) => Some(Incoming::Typing(user, frame)),
+            ("sessions", Payload::Revoked { user, revoked }) => Some(Incoming::Revoked(user, revoked)),
+            ("presence", Payload::Presence { online, frame }) => Some(Incoming::Presence(user, online, frame)),
+            ("nodes", Payload::NodeLeft { grace }) => Some(Incoming::NodeLeft(grace)),
             _ => None,
         }
     }
