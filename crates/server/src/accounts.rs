@@ -35,7 +35,8 @@ use tokio::time::Instant;
 use crate::abuse::{AbuseGuard, AddressKey, HashingRefused, HashingSlot, Limit};
 use crate::clock::now_ms;
 use crate::domain::{Password, Username};
-use crate::errors::ApiError;
+use dyad_protocol::ErrorCode;
+use dyad_store::StoreError;
 
 /// Failed logins allowed per username and address before the throttle starts.
 const FREE_FAILURES: u32 = 5;
@@ -51,6 +52,59 @@ pub const MAX_TRACKED_FAILURES: usize = 100_000;
 pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most sessions cached at once; past it the cache starts over.
 const MAX_CACHED_SESSIONS: usize = 200_000;
+
+/// What the account service refuses, or fails at. The REST edge maps each
+/// to its status and wire code (`errors.rs`), and nowhere else.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// A username outside the rules.
+    #[error("invalid username")]
+    InvalidUsername,
+    /// A password outside the rules.
+    #[error("invalid password")]
+    InvalidPassword,
+    /// The name is in use.
+    #[error("username taken")]
+    UsernameTaken,
+    /// Wrong name or password.
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    /// Too many failed logins for this name from this address; wait this long.
+    #[error("throttled for {0:?}")]
+    Throttled(Duration),
+    /// A per-address limit, or the hashing queue; wait this long.
+    #[error("limited for {0:?}")]
+    Limited(Duration),
+    /// No live session for the token.
+    #[error("no live session")]
+    Unauthorized,
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// Randomness or hashing failed, or a lock was poisoned.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AccountError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UsernameTaken => AccountError::UsernameTaken,
+            other => AccountError::Store(other),
+        }
+    }
+}
+
+impl From<ErrorCode> for AccountError {
+    /// For the codes that validation in [`crate::domain`] produces.
+    fn from(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::InvalidUsername => AccountError::InvalidUsername,
+            ErrorCode::InvalidPassword => AccountError::InvalidPassword,
+            other => AccountError::Internal(format!("unexpected validation code {other}")),
+        }
+    }
+}
 
 /// The account service.
 pub struct Accounts {
@@ -73,7 +127,11 @@ pub struct Accounts {
 impl Accounts {
     /// A service over `store`, issuing tokens that live `token_ttl`, under
     /// the limits of `guard`.
-    pub fn new(store: Arc<dyn MessageStore>, token_ttl: Duration, guard: Arc<AbuseGuard>) -> Result<Self, ApiError> {
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        token_ttl: Duration,
+        guard: Arc<AbuseGuard>,
+    ) -> Result<Self, AccountError> {
         let decoy_hash = hash_password(random_token()?.as_bytes())?;
         Ok(Accounts {
             sessions: DashMap::new(),
@@ -88,19 +146,19 @@ impl Accounts {
     }
 
     /// `POST /api/v1/users`, from `source`.
-    pub async fn register(&self, username: &str, password: &str, source: IpAddr) -> Result<UserCreated, ApiError> {
+    pub async fn register(&self, username: &str, password: &str, source: IpAddr) -> Result<UserCreated, AccountError> {
         let username = Username::parse(username)?;
         let password = Password::parse(password)?;
-        self.guard.registration(source).map_err(ApiError::TooManyRequests)?;
+        self.guard.registration(source).map_err(AccountError::Limited)?;
         if self.store.user_by_username(username.as_str()).await?.is_some() {
-            return Err(ApiError::UsernameTaken);
+            return Err(AccountError::UsernameTaken);
         }
         let hash = {
             let _slot = self.hashing_slot(source).await?;
             let pw = password.clone();
             tokio::task::spawn_blocking(move || hash_password(pw.as_bytes()))
                 .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??
+                .map_err(|e| AccountError::Internal(e.to_string()))??
         };
         let user = self.store.create_user(username.as_str(), &hash, now_ms()).await?;
         tracing::info!(user_id = %user.id, username = %user.username, "user registered");
@@ -112,7 +170,7 @@ impl Accounts {
     }
 
     /// `POST /api/v1/sessions`, from `source`.
-    pub async fn login(&self, username: &str, password: &str, source: IpAddr) -> Result<SessionCreated, ApiError> {
+    pub async fn login(&self, username: &str, password: &str, source: IpAddr) -> Result<SessionCreated, AccountError> {
         let user = self.verify_credentials(username, password, source).await?;
         let token = random_token()?;
         let now = now_ms();
@@ -142,16 +200,16 @@ impl Accounts {
         session: &SessionRecord,
         password: &str,
         source: IpAddr,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AccountError> {
         let me = self
             .store
             .user_by_id(session.user_id)
             .await?
             .filter(|u| u.deleted_at.is_none())
-            .ok_or(ApiError::Unauthorized)?;
+            .ok_or(AccountError::Unauthorized)?;
         let confirmed = self.verify_credentials(&me.username, password, source).await?;
         if confirmed.id != me.id {
-            return Err(ApiError::InvalidCredentials);
+            return Err(AccountError::InvalidCredentials);
         }
         self.forget_user(me.id);
         self.store.delete_user(me.id, now_ms()).await?;
@@ -162,8 +220,13 @@ impl Accounts {
 
     /// The account `username` names if `password` is its password, checked
     /// under the per-address and per-username limits.
-    async fn verify_credentials(&self, username: &str, password: &str, source: IpAddr) -> Result<UserRecord, ApiError> {
-        self.guard.login_attempt(source).map_err(ApiError::TooManyRequests)?;
+    async fn verify_credentials(
+        &self,
+        username: &str,
+        password: &str,
+        source: IpAddr,
+    ) -> Result<UserRecord, AccountError> {
+        self.guard.login_attempt(source).map_err(AccountError::Limited)?;
         // Names that cannot exist are refused like wrong passwords, and throttled alike.
         let key = self.throttle.key(username, source);
         if let Err(e) = self.throttle.check(key) {
@@ -182,22 +245,22 @@ impl Accounts {
             let password = password.to_owned();
             tokio::task::spawn_blocking(move || verify_password(&password, &stored_hash))
                 .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(|e| AccountError::Internal(e.to_string()))?
         };
         let Some(user) = user.filter(|_| verified) else {
             self.throttle.record_failure(key);
             self.guard.failed_login(source);
             self.guard.refused(Limit::InvalidCredentials, source, "");
-            return Err(ApiError::InvalidCredentials);
+            return Err(AccountError::InvalidCredentials);
         };
         self.throttle.forget(key);
         Ok(user)
     }
 
     /// A place in the hashing queue, or `429` at once.
-    async fn hashing_slot(&self, source: IpAddr) -> Result<HashingSlot, ApiError> {
+    async fn hashing_slot(&self, source: IpAddr) -> Result<HashingSlot, AccountError> {
         self.guard.hashing(source).await.map_err(|refused| {
-            ApiError::TooManyRequests(match refused {
+            AccountError::Limited(match refused {
                 HashingRefused::AddressBusy => Duration::from_secs(1),
                 HashingRefused::QueueFull => Duration::from_secs(2),
             })
@@ -206,20 +269,20 @@ impl Accounts {
 
     /// The live session a bearer token names, or `unauthorized`; cached for
     /// the requests that follow (REST).
-    pub async fn authenticate(&self, token: &str) -> Result<SessionRecord, ApiError> {
+    pub async fn authenticate(&self, token: &str) -> Result<SessionRecord, AccountError> {
         self.lookup(token, true).await
     }
 
     /// The same, for a token used once (a WebSocket upgrade): found in the
     /// cache if there, but not added to it, so that idle connections do not
     /// each hold a cache entry.
-    pub async fn authenticate_once(&self, token: &str) -> Result<SessionRecord, ApiError> {
+    pub async fn authenticate_once(&self, token: &str) -> Result<SessionRecord, AccountError> {
         self.lookup(token, false).await
     }
 
-    async fn lookup(&self, token: &str, remember: bool) -> Result<SessionRecord, ApiError> {
+    async fn lookup(&self, token: &str, remember: bool) -> Result<SessionRecord, AccountError> {
         if token.is_empty() || token.len() > 256 {
-            return Err(ApiError::Unauthorized);
+            return Err(AccountError::Unauthorized);
         }
         let hash = token_hash(token);
         let now = now_ms();
@@ -233,7 +296,7 @@ impl Accounts {
             .store
             .session_by_token(&hash, now)
             .await?
-            .ok_or(ApiError::Unauthorized)?;
+            .ok_or(AccountError::Unauthorized)?;
         let revoked = self.revoked.lock().is_ok_and(|r| r.contains_key(&session.id))
             || self.deleted.lock().is_ok_and(|d| d.contains_key(&session.user_id));
         if remember && !revoked {
@@ -247,7 +310,7 @@ impl Accounts {
 
     /// Revokes the session. Closing its sockets, and telling other nodes, is
     /// the caller's part.
-    pub async fn logout(&self, session: &SessionRecord) -> Result<(), ApiError> {
+    pub async fn logout(&self, session: &SessionRecord) -> Result<(), AccountError> {
         // Before: lookups finishing from now on see it revoked and do not
         // cache it. After: one that checked just before and cached it since
         // is dropped again.
@@ -280,9 +343,9 @@ impl Accounts {
 }
 
 /// A new random token: 256 bits, URL-safe base64.
-pub fn random_token() -> Result<String, ApiError> {
+pub fn random_token() -> Result<String, AccountError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| ApiError::Internal(format!("random generator failed: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| AccountError::Internal(format!("random generator failed: {e}")))?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -292,14 +355,14 @@ pub fn token_hash(token: &str) -> TokenHash {
 }
 
 /// An argon2id PHC string for `password`, with a random salt.
-pub fn hash_password(password: &[u8]) -> Result<String, ApiError> {
+pub fn hash_password(password: &[u8]) -> Result<String, AccountError> {
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| ApiError::Internal(format!("random generator failed: {e}")))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::Internal(format!("salt: {e}")))?;
+    getrandom::fill(&mut salt).map_err(|e| AccountError::Internal(format!("random generator failed: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AccountError::Internal(format!("salt: {e}")))?;
     Argon2::default()
         .hash_password(password, &salt)
         .map(|h| h.to_string())
-        .map_err(|e| ApiError::Internal(format!("hashing failed: {e}")))
+        .map_err(|e| AccountError::Internal(format!("hashing failed: {e}")))
 }
 
 fn verify_password(password: &str, hash: &str) -> bool {
@@ -347,15 +410,15 @@ impl LoginThrottle {
         self.hasher.hash_one((name, AddressKey::of(source)))
     }
 
-    fn check(&self, key: u64) -> Result<(), ApiError> {
+    fn check(&self, key: u64) -> Result<(), AccountError> {
         let mut map = self
             .failures
             .lock()
-            .map_err(|_| ApiError::Internal("throttle lock poisoned".into()))?;
+            .map_err(|_| AccountError::Internal("throttle lock poisoned".into()))?;
         if let Some(until) = map.get(&key).and_then(Failures::locked_until) {
             let now = Instant::now();
             if until > now {
-                return Err(ApiError::TooManyAttempts(until - now));
+                return Err(AccountError::Throttled(until - now));
             }
         }
         Ok(())
@@ -400,7 +463,7 @@ mod tests {
             assert!(t.check(bob).is_ok());
             t.record_failure(bob);
         }
-        assert!(matches!(t.check(bob), Err(ApiError::TooManyAttempts(_))));
+        assert!(matches!(t.check(bob), Err(AccountError::Throttled(_))));
         assert_eq!(t.key("BOB", ip(2)), bob, "names compare case-insensitively");
         assert!(t.check(t.key("alice", ip(2))).is_ok(), "other names are not affected");
         assert!(t.check(t.key("bob", ip(3))).is_ok(), "nor the same name from elsewhere");
@@ -413,7 +476,7 @@ mod tests {
         let t = LoginThrottle::new(100);
         let bob = t.key("bob", ip(2));
         let wait = |t: &LoginThrottle| match t.check(bob) {
-            Err(ApiError::TooManyAttempts(wait)) => wait,
+            Err(AccountError::Throttled(wait)) => wait,
             other => panic!("expected a wait, got {other:?}"),
         };
         for _ in 0..FREE_FAILURES {

@@ -1,7 +1,8 @@
 //! Error policy.
 //!
 //! Inside the server, failures are typed: [`ApiError`] for what a REST call
-//! can answer, [`dyad_store::StoreError`] for storage. Each maps to exactly one
+//! can answer, [`AccountError`] for the account service,
+//! [`dyad_store::StoreError`] for storage. Each maps to exactly one
 //! wire [`ErrorCode`] and HTTP status here, at the edge, and nowhere else.
 //! A storage failure is never shown to a client as anything but
 //! `unavailable`; its detail goes to the log.
@@ -13,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use dyad_protocol::ErrorCode;
 use dyad_protocol::rest::{ErrorBody, ErrorDetail};
 use dyad_store::StoreError;
+
+use crate::accounts::AccountError;
 
 /// Everything a REST call can answer besides success.
 #[derive(Debug, thiserror::Error)]
@@ -123,13 +126,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<ErrorCode> for ApiError {
-    /// For codes that validation in [`crate::domain`] produces.
-    fn from(code: ErrorCode) -> Self {
-        match code {
-            ErrorCode::InvalidUsername => ApiError::InvalidUsername,
-            ErrorCode::InvalidPassword => ApiError::InvalidPassword,
-            other => ApiError::Internal(format!("unexpected validation code {other}")),
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::InvalidUsername => ApiError::InvalidUsername,
+            AccountError::InvalidPassword => ApiError::InvalidPassword,
+            AccountError::UsernameTaken => ApiError::UsernameTaken,
+            AccountError::InvalidCredentials => ApiError::InvalidCredentials,
+            AccountError::Throttled(wait) => ApiError::TooManyAttempts(wait),
+            AccountError::Limited(wait) => ApiError::TooManyRequests(wait),
+            AccountError::Unauthorized => ApiError::Unauthorized,
+            AccountError::Store(e) => ApiError::from(e),
+            AccountError::Internal(why) => ApiError::Internal(why),
         }
     }
 }

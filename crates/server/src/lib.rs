@@ -72,7 +72,7 @@ pub enum ServeError {
     Cluster(#[from] cluster::ClusterError),
     /// The account service could not start (no randomness for its decoy hash).
     #[error("accounts: {0}")]
-    Accounts(#[source] errors::ApiError),
+    Accounts(#[source] accounts::AccountError),
     /// The HTTP task ended abnormally (it panicked).
     #[error("http: {0}")]
     Http(#[from] tokio::task::JoinError),

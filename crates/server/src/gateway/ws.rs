@@ -92,7 +92,7 @@ pub(crate) async fn upgrade(
     };
     let session = match app.accounts.authenticate_once(&token).await {
         Ok(session) => session,
-        Err(e) => return e.into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let ws = match ws {
         Ok(ws) => ws,
