@@ -2,9 +2,11 @@
 //! browser client) over the services. Handlers stay thin: decode, call a
 //! service, encode.
 
+mod frames;
 mod openapi;
 mod ops;
 mod rest;
+mod session;
 mod web;
 mod ws;
 
