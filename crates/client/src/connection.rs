@@ -17,9 +17,9 @@ use crate::ClientError;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Chat frames are small: modest buffers keep thousands of connections cheap.
-/// (The read buffer is zeroed before every read: at 8 KiB that was 5% of the
-/// load generator's time, measured.)
+/// Chat frames are small: modest buffers keep thousands of connections cheap
+/// (and the read buffer is zeroed before every read, so a big one costs
+/// time on every frame).
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(2 * 1024)

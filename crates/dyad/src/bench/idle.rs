@@ -13,9 +13,8 @@ use super::{Target, procstat};
 
 /// Connections per loopback source address. Far fewer than the ~28k
 /// ephemeral ports each has: the kernel's search for a free port at
-/// connect() grew with the ports in use and took 84% of the load
-/// generator's CPU at 20,000 per address (perf: `__inet_hash_connect`,
-/// `__inet_check_established`); at 1,000 per address it is gone.
+/// connect() grows with the ports in use (`__inet_hash_connect`), and with
+/// this many per address it costs nothing.
 const PER_SOURCE: usize = 1_000;
 /// 127.0.0.2 … 127.0.0.254.
 const SOURCES: usize = 253;

@@ -119,9 +119,8 @@ impl PostgresStore {
 
 /// Starts the thread that runs every batch: its own single-threaded runtime
 /// and its own connections. A batch is about ten round trips; on the
-/// server's runtime each reply waited behind thousands of WebSocket tasks
-/// (measured: ~20 ms per batch beyond PostgreSQL's own time at 10,000
-/// messages/s), here it is picked up at once.
+/// server's runtime each reply would wait behind thousands of WebSocket
+/// tasks, here it is picked up at once.
 fn spawn_writer(options: PgConnectOptions, ids: IdCipher) -> StoreResult<mpsc::UnboundedSender<WriteJob>> {
     let (jobs, mut queue) = mpsc::unbounded_channel::<WriteJob>();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -130,10 +129,9 @@ fn spawn_writer(options: PgConnectOptions, ids: IdCipher) -> StoreResult<mpsc::U
         .map_err(backend)?;
     // Every statement of a batch looks rows up by key, so these connections
     // plan index probes only. PostgreSQL caches a statement's plan after a
-    // few runs; one made from the first batches, on empty tables, scanned
-    // whole tables and was kept for the connection's life (measured: ~30 ms
-    // a batch at 300,000 messages). Planning each batch afresh instead cost
-    // a fifth of PostgreSQL's time.
+    // few runs; one made from the first batches, on empty tables, scans
+    // whole tables and is kept for the connection's life. Planning each
+    // batch afresh would cost more than these settings.
     let options = options.options([
         ("enable_seqscan", "off"),
         ("enable_hashjoin", "off"),

@@ -119,7 +119,7 @@ impl SqliteStore {
         // works; the writer's own automatic checkpoint then finds little left
         // to copy, and completing it lets the next transaction restart the
         // WAL from the top. Without that last step the WAL never resets under
-        // steady writes and grows without bound (seen: 8 GB in two minutes).
+        // steady writes and grows without bound.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
             .map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
@@ -134,7 +134,7 @@ impl SqliteStore {
             .map_err(backend)?;
             r.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
             // Reads map the file instead of copying each page through
-            // pread into a small per-connection cache (docs/BENCHMARKS.md §4).
+            // pread into a small per-connection cache.
             r.pragma_update(None, "mmap_size", READER_MMAP_BYTES).map_err(backend)?;
             readers.push(r);
         }

@@ -242,8 +242,8 @@ fn deliver(
     message_ids: &[MessageId],
     now: i64,
 ) -> rusqlite::Result<Vec<DeliveredMessage>> {
-    // A plain lookup and a plain update by rowid: measured twice as fast as
-    // one UPDATE … RETURNING, whose result table SQLite builds per statement.
+    // A plain lookup and a plain update by rowid, not one UPDATE …
+    // RETURNING, whose result table SQLite builds per statement.
     let mut sender_of = tx.prepare_cached(
         "SELECT sender_id, seq FROM messages WHERE id = ?1 AND recipient_id = ?2 AND delivered_at IS NULL",
     )?;
