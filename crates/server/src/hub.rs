@@ -723,3 +723,156 @@ fn online(user: UserId) -> PresenceView {
         last_seen: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Presence on one node, with paused time: the grace period passes in
+    //! an instant, and nothing here depends on how fast the machine is.
+
+    use dyad_store::SessionId;
+
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(30);
+
+    struct Fixture {
+        hub: Arc<Hub>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn hub() -> Fixture {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = dyad_store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let hub = Arc::new(Hub::new(store, Arc::new(Metrics::default()), GRACE, None));
+        Fixture { hub, _dir: dir }
+    }
+
+    /// A connection of `user`, and what it is sent.
+    fn connect(hub: &Hub, user: i64) -> (Arc<Peer>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(64);
+        let session = SessionRecord {
+            id: SessionId(user),
+            user_id: UserId(user),
+            expires_at: i64::MAX,
+        };
+        (hub.register(session, tx), rx)
+    }
+
+    /// The presence events queued for a connection so far.
+    fn presence_seen(rx: &mut mpsc::Receiver<Outbound>) -> Vec<(PresenceStatus, Option<i64>)> {
+        let mut seen = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            let frame = item.into_frame();
+            if let Ok(ServerEvent::Presence(view)) = serde_json::from_str::<ServerEvent>(frame.as_str()) {
+                seen.push((view.status, view.last_seen));
+            }
+        }
+        seen
+    }
+
+    /// Lets the tasks whose timers are due run.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The next presence event, waited for in real time (the offline event
+    /// follows a write on the store's own thread, which paused time cannot
+    /// hurry), up to 5 s.
+    async fn next_presence(rx: &mut mpsc::Receiver<Outbound>) -> (PresenceStatus, Option<i64>) {
+        tokio::time::resume();
+        let next = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let frame = rx.recv().await?.into_frame();
+                if let Ok(ServerEvent::Presence(view)) = serde_json::from_str::<ServerEvent>(frame.as_str()) {
+                    return Some((view.status, view.last_seen));
+                }
+            }
+        })
+        .await;
+        tokio::time::pause();
+        match next {
+            Ok(Some(presence)) => presence,
+            other => panic!("no presence event: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchers_see_online_then_offline_once_the_grace_period_is_over() {
+        let f = hub().await;
+        let (alice, mut seen) = connect(&f.hub, 1);
+        f.hub.watch(&alice, UserId(2)).await;
+        let (bob, _) = connect(&f.hub, 2);
+        assert_eq!(presence_seen(&mut seen), vec![(PresenceStatus::Online, None)]);
+        let closed_at = now_ms();
+        f.hub.unregister(&bob);
+        settle().await; // the grace timer starts
+        tokio::time::advance(GRACE - Duration::from_secs(1)).await;
+        settle().await;
+        assert!(
+            presence_seen(&mut seen).is_empty(),
+            "still online within the grace period"
+        );
+        assert!(f.hub.is_online(UserId(2)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (status, last_seen) = next_presence(&mut seen).await;
+        assert_eq!(status, PresenceStatus::Offline);
+        // Last seen when the connection closed, not when the grace ended.
+        let last_seen = last_seen.unwrap_or_default();
+        assert!(
+            (closed_at..closed_at + 1_000).contains(&last_seen),
+            "{last_seen} vs {closed_at}"
+        );
+        assert!(!f.hub.is_online(UserId(2)));
+        assert!(presence_seen(&mut seen).is_empty(), "one event");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_within_the_grace_period_is_not_seen() {
+        let f = hub().await;
+        let (alice, mut seen) = connect(&f.hub, 1);
+        f.hub.watch(&alice, UserId(2)).await;
+        let (mut bob, _) = connect(&f.hub, 2);
+        presence_seen(&mut seen);
+        for _ in 0..3 {
+            f.hub.unregister(&bob);
+            settle().await; // the grace timer starts
+            tokio::time::advance(GRACE / 2).await;
+            settle().await;
+            bob = connect(&f.hub, 2).0;
+        }
+        tokio::time::advance(GRACE * 2).await;
+        settle().await;
+        assert!(
+            presence_seen(&mut seen).is_empty(),
+            "flapping inside the grace is invisible"
+        );
+        f.hub.unregister(&bob);
+        settle().await; // the grace timer starts
+        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+        assert_eq!(next_presence(&mut seen).await.0, PresenceStatus::Offline);
+        assert!(presence_seen(&mut seen).is_empty(), "one event");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_of_several_devices_decides() {
+        let f = hub().await;
+        let (alice, mut seen) = connect(&f.hub, 1);
+        f.hub.watch(&alice, UserId(2)).await;
+        let (laptop, _) = connect(&f.hub, 2);
+        let (phone, _) = connect(&f.hub, 2);
+        assert_eq!(presence_seen(&mut seen), vec![(PresenceStatus::Online, None)]);
+        f.hub.unregister(&laptop);
+        settle().await; // the grace timer starts
+        tokio::time::advance(GRACE * 2).await;
+        settle().await;
+        assert!(presence_seen(&mut seen).is_empty(), "the phone is still there");
+        f.hub.unregister(&phone);
+        settle().await; // the grace timer starts
+        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+        assert_eq!(next_presence(&mut seen).await.0, PresenceStatus::Offline);
+    }
+}
