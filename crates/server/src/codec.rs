@@ -3,7 +3,8 @@
 //! [`dyad_protocol::ClientEvent::decode`].)
 
 use axum::extract::ws::Utf8Bytes;
-use dyad_protocol::ServerEvent;
+use dyad_protocol::events::ErrorEvent;
+use dyad_protocol::{ErrorCode, ServerEvent};
 
 /// Serializes an event once, to be shared by every connection that gets it.
 pub fn encode(event: &ServerEvent) -> Utf8Bytes {
@@ -14,4 +15,14 @@ pub fn encode(event: &ServerEvent) -> Utf8Bytes {
             r#"{{"event":"error","data":{{"code":"internal","message":"{e}"}}}}"#
         )),
     }
+}
+
+/// An `error` event frame.
+pub fn error_frame(code: ErrorCode, message: &str, client_msg_id: Option<String>) -> Utf8Bytes {
+    encode(&ServerEvent::Error(ErrorEvent {
+        code,
+        message: message.to_owned(),
+        client_msg_id,
+        retry_after_ms: None,
+    }))
 }

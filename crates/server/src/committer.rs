@@ -8,13 +8,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use dyad_protocol::events::ErrorEvent;
 use dyad_protocol::{ErrorCode, MessageStatus, ServerEvent};
 use dyad_store::{MessageStore, WriteOp, WriteOutcome};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::clock::now_ms;
-use crate::codec::encode;
+use crate::codec::{encode, error_frame};
 use crate::hub::{Hub, Peer};
 use crate::metrics::Metrics;
 use crate::outbound::{Kind, Outbound, Sequenced};
@@ -216,14 +215,4 @@ fn dispatch(
             }
         }
     }
-}
-
-/// An `error` event frame.
-pub fn error_frame(code: ErrorCode, message: &str, client_msg_id: Option<String>) -> axum::extract::ws::Utf8Bytes {
-    encode(&ServerEvent::Error(ErrorEvent {
-        code,
-        message: message.to_owned(),
-        client_msg_id,
-        retry_after_ms: None,
-    }))
 }

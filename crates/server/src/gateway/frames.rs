@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use crate::App;
 use crate::abuse::buckets::Bucket;
-use crate::codec::encode;
-use crate::committer::{Submission, error_frame};
+use crate::codec::{encode, error_frame};
+use crate::committer::Submission;
 use crate::domain::{ClientMsgId, MessageBody};
 use crate::hub::Peer;
 
