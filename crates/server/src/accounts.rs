@@ -496,6 +496,31 @@ mod tests {
         assert!(t.check(bob).is_ok(), "failures older than the memory start over");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn revoked_sessions_and_deleted_users_are_remembered_for_the_cache_ttl_only() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = dyad_store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let guard = Arc::new(AbuseGuard::new(crate::abuse::AbuseLimits::off(), Default::default()));
+        let accounts = Accounts::new(store, Duration::from_secs(60), guard).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..1_000 {
+            accounts.forget_session(SessionId(i));
+            accounts.forget_user(UserId(i));
+        }
+        let sizes = |a: &Accounts| {
+            (
+                a.revoked.lock().map_or(0, |r| r.len()),
+                a.deleted.lock().map_or(0, |d| d.len()),
+            )
+        };
+        assert_eq!(sizes(&accounts), (1_000, 1_000));
+        tokio::time::advance(SESSION_CACHE_TTL).await;
+        accounts.forget_session(SessionId(-1));
+        accounts.forget_user(UserId(-1));
+        assert_eq!(sizes(&accounts), (1, 1), "older entries go on the next insert");
+    }
+
     #[test]
     fn throttle_memory_is_bounded_however_many_and_long_the_names() {
         let t = LoginThrottle::new(1000);
