@@ -355,3 +355,17 @@ impl ServerProcess {
         self.child.wait().await.unwrap();
     }
 }
+
+/// Registers and logs in `alice` and `bob` through the given clients (over
+/// TLS, a proxy…), opens a WebSocket for each and reads their empty
+/// replays. Returns Alice's client, Bob's id, and both connections.
+pub async fn alice_and_bob_connected(mut alice: Client, mut bob: Client) -> (Client, UserId, TestConn, TestConn) {
+    alice.register("alice", PASSWORD).await.unwrap();
+    bob.register("bob", PASSWORD).await.unwrap();
+    alice.login("alice", PASSWORD).await.unwrap();
+    let bob_id = bob.login("bob", PASSWORD).await.unwrap().user_id;
+    let mut a = TestConn(alice.connect().await.unwrap());
+    let mut b = TestConn(bob.connect().await.unwrap());
+    assert!(a.replay().await.is_empty() && b.replay().await.is_empty());
+    (alice, bob_id, a, b)
+}

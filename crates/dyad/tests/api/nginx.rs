@@ -138,14 +138,7 @@ async fn through_nginx_a_websocket_receives_messages_and_delivery() {
     })
     .await;
     let nginx = Nginx::start(&upstream(&server)).await;
-    let (mut alice, mut bob) = (from(&nginx.base, 2), from(&nginx.base, 3));
-    alice.register("alice", PASSWORD).await.unwrap();
-    bob.register("bob", PASSWORD).await.unwrap();
-    alice.login("alice", PASSWORD).await.unwrap();
-    let bob_id = bob.login("bob", PASSWORD).await.unwrap().user_id;
-    let mut a = TestConn(alice.connect().await.unwrap());
-    let mut b = TestConn(bob.connect().await.unwrap());
-    assert!(a.replay().await.is_empty() && b.replay().await.is_empty());
+    let (alice, bob_id, mut a, mut b) = alice_and_bob_connected(from(&nginx.base, 2), from(&nginx.base, 3)).await;
     // Two more of Alice's devices: five sockets from nginx in all.
     let mut more = Vec::new();
     for _ in 0..2 {

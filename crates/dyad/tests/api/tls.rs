@@ -37,14 +37,7 @@ async fn two_users_chat_over_https_and_wss() {
     let (server, cert) = tls_server(dir.path()).await;
     let pem = std::fs::read(&cert).unwrap();
     let client = || Client::new(&server.base).trusting(&pem).unwrap();
-    let (mut alice, mut bob) = (client(), client());
-    alice.register("alice", PASSWORD).await.unwrap();
-    bob.register("bob", PASSWORD).await.unwrap();
-    alice.login("alice", PASSWORD).await.unwrap();
-    let bob_id = bob.login("bob", PASSWORD).await.unwrap().user_id;
-    let mut a = TestConn(alice.connect().await.unwrap());
-    let mut b = TestConn(bob.connect().await.unwrap());
-    assert!(a.replay().await.is_empty() && b.replay().await.is_empty());
+    let (_alice, bob_id, mut a, mut b) = alice_and_bob_connected(client(), client()).await;
     a.send(bob_id, "over tls", Some("k1")).await;
     a.expect_ack().await;
     assert_eq!(b.expect_message().await.message, "over tls");
