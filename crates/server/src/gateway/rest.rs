@@ -24,8 +24,9 @@ use crate::errors::ApiError;
 
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn credentials(body: Result<Json<Credentials>, JsonRejection>) -> Result<Credentials, ApiError> {
-    body.map(|Json(c)| c).map_err(|e| ApiError::InvalidBody(e.body_text()))
+/// A JSON body, or `invalid_body` saying why not.
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| ApiError::InvalidBody(e.body_text()))
 }
 
 /// `POST /api/v1/users`: register.
@@ -46,7 +47,7 @@ pub(crate) async fn register(
         app.guard.refused(Limit::RegistrationClosed, source, "");
         return Err(ApiError::RegistrationClosed);
     }
-    let c = credentials(body)?;
+    let c: Credentials = json_body(body)?;
     Ok((
         StatusCode::CREATED,
         Json(app.accounts.register(&c.username, &c.password, source).await?),
@@ -66,7 +67,7 @@ pub(crate) async fn login(
     Source(source): Source,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SessionCreated>), ApiError> {
-    let c = credentials(body)?;
+    let c: Credentials = json_body(body)?;
     Ok((
         StatusCode::CREATED,
         Json(app.accounts.login(&c.username, &c.password, source).await?),
@@ -101,7 +102,7 @@ pub(crate) async fn delete_account(
     Authed(session): Authed,
     body: Result<Json<PasswordConfirmation>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::InvalidBody(e.body_text()))?;
+    let body = json_body(body)?;
     app.accounts.delete_account(&session, &body.password, source).await?;
     app.hub.close_revoked(session.user_id, Revoked::Account);
     Ok(StatusCode::NO_CONTENT)

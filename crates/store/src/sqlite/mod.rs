@@ -104,6 +104,22 @@ fn owner_only(path: &Path) -> StoreResult<()> {
     Ok(())
 }
 
+/// Runs `update` on user `row` and revokes every session of the user, in
+/// one transaction; whether the update changed the row.
+fn update_user_ending_sessions(
+    conn: &mut Connection,
+    row: i64,
+    update: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<bool> {
+    let tx = conn.transaction().map_err(backend)?;
+    let changed = tx.execute(update, params).map_err(backend)?;
+    tx.execute("UPDATE sessions SET revoked = 1 WHERE user_id = ?1", [row])
+        .map_err(backend)?;
+    tx.commit().map_err(backend)?;
+    Ok(changed == 1)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, with its folder, and
     /// applies the migrations.
@@ -263,17 +279,12 @@ impl MessageStore for SqliteStore {
         let password_hash = password_hash.to_owned();
         self.write(move |w| {
             let row = w.ids.user_row(user);
-            let tx = w.conn.transaction().map_err(backend)?;
-            let changed = tx
-                .execute(
-                    "UPDATE users SET password_hash = ?2 WHERE id = ?1 AND deleted_at IS NULL",
-                    params![row, password_hash],
-                )
-                .map_err(backend)?;
-            tx.execute("UPDATE sessions SET revoked = 1 WHERE user_id = ?1", [row])
-                .map_err(backend)?;
-            tx.commit().map_err(backend)?;
-            Ok(changed == 1)
+            update_user_ending_sessions(
+                &mut w.conn,
+                row,
+                "UPDATE users SET password_hash = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                params![row, password_hash],
+            )
         })
         .await
     }
@@ -281,22 +292,18 @@ impl MessageStore for SqliteStore {
     async fn delete_user(&self, user: UserId, now: i64) -> StoreResult<bool> {
         self.write(move |w| {
             let row = w.ids.user_row(user);
-            let tx = w.conn.transaction().map_err(backend)?;
             // The name becomes one no user can choose ('#' is not allowed),
             // random so that it tells nothing.
-            let changed = tx
-                .execute(
-                    "UPDATE users SET username = '#' || hex(randomblob(12)), password_hash = '',
-                                      last_seen = NULL, deleted_at = ?2
-                     WHERE id = ?1 AND deleted_at IS NULL",
-                    params![row, now],
-                )
-                .map_err(backend)?;
-            tx.execute("UPDATE sessions SET revoked = 1 WHERE user_id = ?1", [row])
-                .map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            let deleted = update_user_ending_sessions(
+                &mut w.conn,
+                row,
+                "UPDATE users SET username = '#' || hex(randomblob(12)), password_hash = '',
+                                  last_seen = NULL, deleted_at = ?2
+                 WHERE id = ?1 AND deleted_at IS NULL",
+                params![row, now],
+            )?;
             w.forget_conversations_of(row);
-            Ok(changed == 1)
+            Ok(deleted)
         })
         .await
     }
