@@ -2,11 +2,13 @@
 //!
 //! [`serve`] runs a whole node on a listener it is handed: REST and WebSocket
 //! routes ([`gateway`]), accounts ([`accounts`]), the group commit
-//! ([`committer`]) and the hub of live connections and presence ([`hub`]).
+//! ([`committer`]) and the hub of live connections ([`hub`]), which shares
+//! [`presence`] and events ([`bus`]) with other nodes, if any ([`cluster`]).
 #![warn(missing_docs)]
 
 pub mod abuse;
 pub mod accounts;
+pub mod bus;
 pub mod clock;
 pub mod cluster;
 pub mod codec;
@@ -20,6 +22,7 @@ pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;
+pub mod presence;
 pub mod tls;
 
 use std::future::Future;
@@ -35,7 +38,8 @@ pub use config::Config;
 
 use abuse::AbuseGuard;
 use accounts::Accounts;
-use cluster::{Incoming, Revoked};
+use bus::{Payload, Revoked};
+use cluster::Shared;
 use committer::GroupCommit;
 use flood::FloodControl;
 use hub::{CloseReason, Hub};
@@ -88,46 +92,36 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
-    let cluster = match &config.cluster {
-        Some(c) => Some(cluster::Cluster::connect(c).await?),
-        None => None,
+    let shared = match &config.cluster {
+        Some(c) => Shared::join(c).await?,
+        None => Shared::alone(),
     };
-    let hub = Arc::new(Hub::new(
-        store.clone(),
-        metrics.clone(),
-        config.presence_grace,
-        cluster.as_ref().map(|(c, _)| c.clone()),
-    ));
+    let hub = Arc::new(Hub::new(store.clone(), metrics.clone(), config.presence_grace, shared));
     let (commits, commit_task) = GroupCommit::start(store.clone(), hub.clone(), metrics.clone(), config.max_batch);
     let guard = Arc::new(AbuseGuard::new(config.abuse.clone(), metrics.refused.clone()));
     let accounts =
         Arc::new(Accounts::new(store.clone(), config.token_ttl, guard.clone()).map_err(ServeError::Accounts)?);
-    let heartbeat = match cluster {
-        Some((cluster, tasks)) => {
-            let (to_hub, to_accounts) = (hub.clone(), accounts.clone());
-            cluster.start(tasks, move |incoming| {
-                match &incoming {
-                    Incoming::Revoked(_, Revoked::Session(session)) => to_accounts.forget_session(*session),
-                    Incoming::Revoked(user, Revoked::Account) => to_accounts.forget_user(*user),
-                    _ => {}
-                }
-                to_hub.incoming(incoming);
-            });
-            cluster.hold(cluster.sessions_channel()).await;
-            cluster.hold(cluster.nodes_channel()).await;
-            // Presence heartbeat: a third of the TTL, so one lost round is harmless.
-            let every = (cluster.presence_ttl() / 3).max(Duration::from_millis(200));
-            let hub = hub.clone();
-            Some(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    hub.refresh_cluster_presence().await;
-                }
-            }))
+    // Sessions revoked on other nodes leave the session cache here too.
+    let to_accounts = Arc::downgrade(&accounts);
+    hub.start(move |payload| {
+        if let (Payload::Revoked { user, revoked }, Some(accounts)) = (payload, to_accounts.upgrade()) {
+            match revoked {
+                Revoked::Session(session) => accounts.forget_session(*session),
+                Revoked::Account => accounts.forget_user(*user),
+            }
         }
-        None => None,
-    };
+    })
+    .await;
+    let heartbeat = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            let mut tick = tokio::time::interval(hub.renew_every());
+            loop {
+                tick.tick().await;
+                hub.renew_presence().await;
+            }
+        }
+    });
     let app = Arc::new(App {
         flood: FloodControl::new(config.rate_limit, config.rate_burst),
         config,
@@ -206,11 +200,9 @@ pub async fn serve(
     app.hub.persist_last_seen().await;
     sweeper.abort();
     session_check.abort();
-    if let Some(heartbeat) = heartbeat {
-        heartbeat.abort();
-    }
+    heartbeat.abort();
     // After the heartbeat, which would renew it.
-    app.hub.leave_cluster().await;
+    app.hub.leave().await;
     http.await?;
     drop(app);
     let _ = commit_task.await;

@@ -17,10 +17,10 @@
 //! below it are replayed (if undelivered) or are history; those above it were
 //! committed later and therefore published later, so they arrive live.
 
+use crate::codec::Frame;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use dyad_protocol::{MessageId, UserId};
 use dyad_store::StoredMessage;
 use tokio::time::Instant;
@@ -33,7 +33,7 @@ pub const GAP_WAIT: Duration = Duration::from_millis(50);
 /// (every connection's queue holds them), so the rest is boxed.
 pub enum Outbound {
     /// A frame with no place in a conversation's order.
-    Frame(Utf8Bytes),
+    Frame(Frame),
     /// A frame about a message.
     Ordered(Box<(Kind, Sequenced)>),
 }
@@ -61,12 +61,12 @@ pub struct Sequenced {
     /// The message's timestamp.
     pub ts: i64,
     /// The encoded frame.
-    pub frame: Utf8Bytes,
+    pub frame: Frame,
 }
 
 impl Sequenced {
     /// `frame`, about `message`, seen from the side whose other participant is `peer`.
-    pub fn of(message: &StoredMessage, peer: UserId, frame: Utf8Bytes) -> Self {
+    pub fn of(message: &StoredMessage, peer: UserId, frame: Frame) -> Self {
         Sequenced {
             peer,
             seq: message.seq,
@@ -84,7 +84,7 @@ impl Outbound {
     }
 
     /// The frame, whatever its kind.
-    pub fn into_frame(self) -> Utf8Bytes {
+    pub fn into_frame(self) -> Frame {
         match self {
             Outbound::Frame(frame) => frame,
             Outbound::Ordered(o) => o.1.frame,
@@ -108,8 +108,8 @@ struct Cursor {
 
 struct Held {
     ts: i64,
-    frame: Utf8Bytes,
-    notices: Vec<Utf8Bytes>,
+    frame: Frame,
+    notices: Vec<Frame>,
 }
 
 /// A gap that waited long enough: read `peer`'s conversation from the store
@@ -145,7 +145,7 @@ impl Cursors {
     /// Takes one item; pushes what may be written now onto `out`. `known`
     /// says whether the connection has seen a message at or below its mark
     /// (through a retried send), for `message_delivered`.
-    pub fn accept(&mut self, item: Outbound, known: impl Fn(MessageId) -> bool, out: &mut Vec<Utf8Bytes>) {
+    pub fn accept(&mut self, item: Outbound, known: impl Fn(MessageId) -> bool, out: &mut Vec<Frame>) {
         let (kind, m) = match item {
             Outbound::Frame(frame) => return out.push(frame),
             Outbound::Ordered(o) => *o,
@@ -234,8 +234,8 @@ impl Cursors {
         &mut self,
         gap: &Gap,
         found: Vec<StoredMessage>,
-        out: &mut Vec<Utf8Bytes>,
-        encode: impl Fn(&StoredMessage) -> Utf8Bytes,
+        out: &mut Vec<Frame>,
+        encode: impl Fn(&StoredMessage) -> Frame,
     ) {
         let Some(cursor) = self.convs.get_mut(&gap.peer) else {
             return;
@@ -265,7 +265,7 @@ impl Cursor {
     }
 
     /// Passes on everything that now follows `last` without a gap.
-    fn advance(&mut self, out: &mut Vec<Utf8Bytes>) {
+    fn advance(&mut self, out: &mut Vec<Frame>) {
         loop {
             let next = self.last + 1;
             if let Some(i) = self.ahead.iter().position(|&s| s == next) {
@@ -407,7 +407,7 @@ mod size {
         // would cost each idle connection a little more.
         assert_eq!(
             std::mem::size_of::<super::Outbound>(),
-            std::mem::size_of::<axum::extract::ws::Utf8Bytes>()
+            std::mem::size_of::<crate::codec::Frame>()
         );
     }
 }

@@ -196,9 +196,11 @@ async fn three_nodes_serve_two_users_as_if_they_were_one() {
     alice_c.ack(vec![answer.message_id]).await;
     assert_eq!(bob_b.expect_delivered().await, answer.message_id);
 
-    // Presence with grace across nodes: Alice still has C after A closes.
+    // Alice goes offline when her last device, on any node, has gone. (That
+    // a device elsewhere outlives the grace, and a move between nodes is
+    // invisible: the hub's tests, with paused time, and the presence
+    // conformance suite, on Redis.)
     alice_a.0.close().await.unwrap();
-    bob_b.expect_silence(Duration::from_millis(1200)).await;
     let status = via(&bob, &a.base).client;
     assert_eq!(status.status(alice.id).await.unwrap().status, PresenceStatus::Online);
     let closed_at = dyad_server::clock::now_ms();
@@ -232,30 +234,6 @@ async fn three_nodes_serve_two_users_as_if_they_were_one() {
     assert_eq!(bob_b.expect_close().await, 1008);
     let on_c = via(&bob, &c.base).client;
     assert_eq!(api_error(on_c.conversations().await), (401, ErrorCode::Unauthorized));
-    for node in nodes {
-        node.stop().await;
-    }
-}
-
-#[tokio::test]
-async fn a_reconnect_to_another_node_within_the_grace_period_is_invisible() {
-    let nodes = nodes(2, &redis_url()).await;
-    let (a, b) = (&nodes[0], &nodes[1]);
-    let alice = a.user("alice").await;
-    let bob = b.user("bob").await;
-    let mut bob_b = watching(&bob, alice.id).await;
-    let alice_a = alice.connect().await;
-    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Online);
-
-    // Alice's link drops on A and she comes back through B (grace: 400 ms).
-    alice_a.0.close().await.unwrap();
-    let alice_b = on(&alice, b).await;
-    bob_b.expect_silence(Duration::from_millis(1200)).await;
-    let status = via(&bob, &a.base).client;
-    assert_eq!(status.status(alice.id).await.unwrap().status, PresenceStatus::Online);
-
-    alice_b.0.close().await.unwrap();
-    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Offline);
     for node in nodes {
         node.stop().await;
     }

@@ -4,7 +4,35 @@
 //!
 //! Every limit is checked before the work it protects, and every refusal is
 //! logged with its source address and counted in `dyad_refused_total` under
-//! the limit's name. Every map here is bounded: see ARCHITECTURE.md.
+//! the limit's name.
+//!
+//! Every map keyed by client input in the server is bounded, in entries and
+//! in bytes:
+//!
+//! | map | key | bound |
+//! |---|---|---|
+//! | login throttle (`accounts.rs`) | 64-bit keyed hash of (username, address) | 100,000 entries (LRU), ~50 bytes each; test `throttle_memory_is_bounded_however_many_and_long_the_names` |
+//! | registrations per address (`abuse/buckets.rs`) | address (IPv6: /64) | 65,536 entries (LRU); test `the_map_never_holds_more_than_its_bound` |
+//! | login attempts per address | address | 65,536 entries (LRU) |
+//! | addresses with a failed login (hashing standing, `abuse/mod.rs`) | address | 65,536 entries (LRU); test `failed_logins_cost_standing_for_a_while_and_their_memory_is_bounded` |
+//! | open TCP connections per address (`abuse/counts.rs`) | address | one entry per address with an open connection: at most `--max-connections`; test `a_key_holds_at_most_its_limit_and_leaves_no_entry_when_done` |
+//! | hashing queue (`abuse/hashing.rs`) | address | 64 places in all, 2 per address; tests `an_address_holds_at_most_its_share_and_a_full_queue_refuses_at_once`, `a_waiter_that_gives_up_frees_its_place` |
+//! | open WebSockets per user | user id (authenticated) | one entry per user with an open socket |
+//! | session cache (`accounts.rs`) | SHA-256 of a valid token | 200,000 entries (cleared when full), each trusted 60 s |
+//! | recently revoked sessions | session id (authenticated logout) | entries older than 60 s dropped on each insert; test `revoked_sessions_and_deleted_users_are_remembered_for_the_cache_ttl_only` |
+//! | recently deleted accounts | user id (authenticated, password confirmed) | the same, and each cost a password hash |
+//! | recipients known to exist, per connection (typing) | user id | 16 per connection |
+//! | flood-control buckets (`flood.rs`) | user id (authenticated) | one per user who sent lately; full buckets swept every 10 s |
+//! | watched users per connection | user id | 1,000 per connection |
+//! | ids learned by a retried send, per connection | message id | 10,000 per connection |
+//! | bus holds (`bus/`) | topic of a connected or watched user | one per such user and node: bounded by the connections and their 1,000 watched users each |
+//! | presence entries (`presence/local.rs`) | user id (authenticated) | one per online user |
+//! | Redis publishing queue (`bus/redis.rs`) | none | 65,536 payloads; past it new ones are dropped (they are stored: gap fill and replay catch up) |
+//!
+//! A forgotten LRU entry starts over with a full budget; only a client with
+//! that many addresses can arrange that. Request bodies are capped at 16 KiB,
+//! so no key is ever built from more than that (the throttle hashes even that
+//! down to 8 bytes).
 
 pub mod address;
 pub mod buckets;

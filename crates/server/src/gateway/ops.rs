@@ -25,9 +25,9 @@ pub(crate) async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
         body["detail"] = json!(e.to_string());
         ready = false;
     }
-    if let Some(cluster) = app.hub.cluster() {
+    if app.config.cluster.is_some() {
         body["redis"] = json!("up");
-        if let Err(e) = cluster.ping().await {
+        if let Err(e) = app.hub.ping().await {
             body["redis"] = json!("down");
             body["redis_detail"] = json!(e.to_string());
             ready = false;

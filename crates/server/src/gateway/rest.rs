@@ -18,7 +18,7 @@ use dyad_store::PageRequest;
 use super::{Authed, Source};
 use crate::App;
 use crate::abuse::Limit;
-use crate::cluster::Revoked;
+use crate::bus::Revoked;
 use crate::domain::Username;
 use crate::errors::ApiError;
 

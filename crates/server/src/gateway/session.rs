@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use dyad_protocol::{ErrorCode, ServerEvent};
 use dyad_store::{PageRequest, SessionRecord};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -25,7 +25,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 use super::frames::{self, Typing};
 use crate::App;
 use crate::clock::now_ms;
-use crate::codec::encode;
+use crate::codec::{Frame, encode};
 use crate::hub::{CloseReason, Peer};
 use crate::outbound::{Cursors, Outbound};
 
@@ -36,13 +36,21 @@ const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// Frames the writer sends before one flush.
 const WRITE_BATCH: usize = 64;
 
-/// Milliseconds since the session started, for the silence check.
+/// When the client was last heard from, in milliseconds since the session
+/// started: the reader notes every frame, the writer's heartbeat looks.
 struct LastHeard {
     start: Instant,
     at: AtomicI64,
 }
 
 impl LastHeard {
+    fn new() -> Self {
+        LastHeard {
+            start: Instant::now(),
+            at: AtomicI64::new(0),
+        }
+    }
+
     fn touch(&self) {
         self.at
             .store(self.start.elapsed().as_millis() as i64, Ordering::Relaxed);
@@ -51,6 +59,12 @@ impl LastHeard {
     fn silent_for(&self) -> Duration {
         let at = self.at.load(Ordering::Relaxed).max(0) as u64;
         self.start.elapsed().saturating_sub(Duration::from_millis(at))
+    }
+
+    /// At a heartbeat every `beat`: whether the client has been silent for
+    /// two of them (it answers pings, so a live one never is).
+    fn gone_silent(&self, beat: Duration) -> bool {
+        self.silent_for() > beat * 2
     }
 }
 
@@ -74,10 +88,7 @@ pub(super) async fn run(socket: WebSocket, app: Arc<App>, session: SessionRecord
         }
     };
     tracing::debug!(connection = %peer.id, user_id = %peer.user_id, "connected");
-    let heard = LastHeard {
-        start: Instant::now(),
-        at: AtomicI64::new(0),
-    };
+    let heard = LastHeard::new();
     let (sink, mut stream) = socket.split();
     let sent_close = tokio::select! {
         sent = write_loop(sink, rx, &peer, &app, &heard, cursors) => sent,
@@ -127,7 +138,7 @@ async fn write_loop(
     let closing = peer.closing().cancelled();
     tokio::pin!(closing);
     let opening = async {
-        timed(within, sink.send(Message::Text(encode(&connected)))).await?;
+        timed(within, sink.send(encode(&connected).into_message())).await?;
         // Boxed for the same reason as the frame handler: it runs once.
         Box::pin(replay(&mut sink, peer, app, &cursors)).await
     };
@@ -160,7 +171,7 @@ async fn write_loop(
                 write_unless_closing(write_all(&mut sink, &mut ready, within), peer, closing.as_mut()).await
             }
             _ = heartbeat.tick() => {
-                if heard.silent_for() > beat * 2 {
+                if heard.gone_silent(beat) {
                     peer.close(CloseReason::HEARTBEAT_TIMEOUT);
                     Written::Closing
                 } else if peer.session.expires_at <= now_ms() {
@@ -186,7 +197,7 @@ async fn close(sink: &mut Sink, rx: &mut mpsc::Receiver<Outbound>, peer: &Peer, 
     let reason = peer.close_reason().unwrap_or(CloseReason::SHUTDOWN);
     if reason.drain {
         while let Ok(item) = rx.try_recv() {
-            if timed(within, sink.feed(Message::Text(item.into_frame())))
+            if timed(within, sink.feed(item.into_frame().into_message()))
                 .await
                 .is_err()
             {
@@ -266,13 +277,13 @@ async fn timed(within: Duration, write: impl Future<Output = Result<(), axum::Er
 }
 
 /// Writes a batch of frames and flushes it: one write, one deadline.
-async fn write_all(sink: &mut Sink, ready: &mut Vec<Utf8Bytes>, within: Duration) -> Result<(), WriteFailed> {
+async fn write_all(sink: &mut Sink, ready: &mut Vec<Frame>, within: Duration) -> Result<(), WriteFailed> {
     if ready.is_empty() {
         return Ok(());
     }
     let batch = async {
         for frame in ready.drain(..) {
-            sink.feed(Message::Text(frame)).await?;
+            sink.feed(frame.into_message()).await?;
         }
         sink.flush().await
     };
@@ -288,7 +299,7 @@ fn gap_timer(deadline: Option<Instant>) -> Pin<Box<tokio::time::Sleep>> {
 /// Reads the messages missing before each held one from the store. While
 /// the connection's own sends await their acks, one of them may be what is
 /// missing (its ack, not a `receive_message`, fills the place): wait more.
-async fn fill_gaps(cursors: &mut Cursors, peer: &Peer, app: &App, ready: &mut Vec<Utf8Bytes>) {
+async fn fill_gaps(cursors: &mut Cursors, peer: &Peer, app: &App, ready: &mut Vec<Frame>) {
     let now = Instant::now();
     if peer.sending() {
         cursors.postpone(now);
@@ -352,14 +363,14 @@ async fn replay(sink: &mut Sink, peer: &Peer, app: &App, cursors: &Cursors) -> R
             }
             count += 1;
             let frame = encode(&ServerEvent::ReceiveMessage(message.view()));
-            timed(within, sink.feed(Message::Text(frame))).await?;
+            timed(within, sink.feed(frame.into_message())).await?;
         }
         if !full {
             break;
         }
     }
     let done = encode(&ServerEvent::PendingComplete { count });
-    timed(within, sink.send(Message::Text(done))).await
+    timed(within, sink.send(done.into_message())).await
 }
 
 async fn read_loop(stream: &mut SplitStream<WebSocket>, peer: &Arc<Peer>, app: &App, heard: &LastHeard) {
@@ -419,5 +430,31 @@ fn fatal_frame(e: &axum::Error) -> Option<CloseReason> {
         Some(CloseReason::PROTOCOL_ERROR)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BEAT: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_is_gone_after_two_silent_heartbeats_and_every_frame_resets_it() {
+        let heard = LastHeard::new();
+        tokio::time::advance(BEAT * 2).await;
+        assert!(!heard.gone_silent(BEAT), "two beats is not yet more than two");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(heard.gone_silent(BEAT));
+        heard.touch(); // a pong, or any frame
+        assert!(!heard.gone_silent(BEAT));
+        // A client answering every ping is never gone.
+        for _ in 0..100 {
+            tokio::time::advance(BEAT).await;
+            assert!(!heard.gone_silent(BEAT));
+            heard.touch();
+        }
+        tokio::time::advance(BEAT * 3).await;
+        assert!(heard.gone_silent(BEAT));
     }
 }

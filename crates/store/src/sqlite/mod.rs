@@ -1,7 +1,13 @@
 //! The embedded driver: one SQLite file in WAL mode with `synchronous=FULL`.
 //!
-//! Writes go to a single writer thread ([`writer`]); reads go to a small pool
-//! of read-only connections, which WAL lets run beside the writer.
+//! Writes go to a single writer thread ([`writer`]), which keeps each
+//! conversation's head (`last_seq`, `last_ts`) in memory, so a send costs no
+//! read; before each batch it reads `PRAGMA data_version`, which changes when
+//! another process (`dyad admin …`) has committed to the file, and then
+//! forgets the heads. Reads (history, replay, lookups) go to a pool of four
+//! read-only connections, each mapping the file, which WAL lets run beside
+//! the writer. A checkpointer thread copies the WAL back beside the writer
+//! (`spawn_checkpointer`).
 
 mod reads;
 mod rows;

@@ -11,11 +11,11 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use dyad_protocol::{MessageId, UserId};
 use dyad_store::SessionId;
 
 use super::Revoked;
+use crate::codec::Frame;
 use crate::outbound::Sequenced;
 
 /// The version this node writes and reads.
@@ -29,7 +29,7 @@ pub enum Payload {
     /// `message_delivered` for the channel's user.
     Delivered(Sequenced),
     /// A `typing` frame for the channel's user.
-    Typing(Utf8Bytes),
+    Typing(Frame),
     /// Sessions of `user` were revoked.
     Revoked {
         /// Whose.
@@ -42,7 +42,7 @@ pub enum Payload {
         /// Online now, or offline.
         online: bool,
         /// The `presence` frame for watchers.
-        frame: Utf8Bytes,
+        frame: Frame,
     },
     /// A node stopped cleanly; its users not connected elsewhere expire
     /// after `grace`.
@@ -97,7 +97,7 @@ impl Payload {
         let payload = match kind {
             "m" => Payload::Message(sequenced(rest)?),
             "d" => Payload::Delivered(sequenced(rest)?),
-            "t" => Payload::Typing(Utf8Bytes::from(rest)),
+            "t" => Payload::Typing(Frame::from(rest)),
             "r" => {
                 let (user, session) = rest.split_once('\t')?;
                 Payload::Revoked {
@@ -113,7 +113,7 @@ impl Payload {
                 let (online, frame) = rest.split_once('\t')?;
                 Payload::Presence {
                     online: online == "1",
-                    frame: Utf8Bytes::from(frame),
+                    frame: Frame::from(frame),
                 }
             }
             "l" => Payload::NodeLeft {
@@ -135,7 +135,7 @@ fn sequenced(fields: &str) -> Option<Sequenced> {
         seq,
         id: MessageId(id),
         ts,
-        frame: Utf8Bytes::from(fields.next().unwrap_or("")),
+        frame: Frame::from(fields.next().unwrap_or("")),
     })
 }
 
@@ -149,7 +149,7 @@ mod tests {
             seq,
             id: MessageId(5_000_000_000_000_000_000),
             ts: 1_796_000_000_000,
-            frame: Utf8Bytes::from(r#"{"event":"receive_message","data":{"message":"a\tb"}}"#),
+            frame: Frame::from(r#"{"event":"receive_message","data":{"message":"a\tb"}}"#),
         }
     }
 
@@ -158,7 +158,7 @@ mod tests {
         let all = [
             Payload::Message(sequenced(1)),
             Payload::Delivered(sequenced(2)),
-            Payload::Typing(Utf8Bytes::from(r#"{"event":"typing"}"#)),
+            Payload::Typing(Frame::from(r#"{"event":"typing"}"#)),
             Payload::Revoked {
                 user: UserId(7),
                 revoked: Revoked::Session(SessionId(9)),
@@ -169,11 +169,11 @@ mod tests {
             },
             Payload::Presence {
                 online: true,
-                frame: Utf8Bytes::from("{}"),
+                frame: Frame::from("{}"),
             },
             Payload::Presence {
                 online: false,
-                frame: Utf8Bytes::from(""),
+                frame: Frame::from(""),
             },
             Payload::NodeLeft {
                 grace: Duration::from_millis(30_000),
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn other_versions_and_garbage_are_dropped() {
-        let text = Payload::Typing(Utf8Bytes::from("{}")).encode("n");
+        let text = Payload::Typing(Frame::from("{}")).encode("n");
         assert!(Payload::decode(&text.replacen('1', "2", 1)).is_none());
         for bad in ["", "1", "1\tm\tn\t1\t2", "1\tz\tn\t", "1\tr\tn\tx\t1", "1\tl\tn\t-5"] {
             assert!(Payload::decode(bad).is_none(), "{bad:?}");
