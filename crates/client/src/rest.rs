@@ -2,10 +2,10 @@
 
 use dyad_protocol::events::PresenceView;
 use dyad_protocol::rest::{
-    ConversationList, Credentials, ErrorBody, HistoryPage, PasswordConfirmation, SessionCreated, UserCreated,
-    UserSummary,
+    ConversationList, Credentials, ErrorBody, HistoryPage, PasswordChange, PasswordConfirmation, SessionCreated,
+    SessionList, UserCreated, UserSummary,
 };
-use dyad_protocol::{ErrorCode, UserId};
+use dyad_protocol::{ErrorCode, SessionId, UserId};
 use std::sync::Arc;
 
 use reqwest::{Method, RequestBuilder, Response};
@@ -135,6 +135,32 @@ impl Client {
     /// `DELETE /api/v1/sessions/current`.
     pub async fn logout(&self) -> Result<(), ClientError> {
         let response = self.authed(Method::DELETE, "/api/v1/sessions/current")?.send().await?;
+        check(response).await.map(drop)
+    }
+
+    /// `GET /api/v1/sessions`: this user's devices, newest first.
+    pub async fn sessions(&self) -> Result<SessionList, ClientError> {
+        decode(self.authed(Method::GET, "/api/v1/sessions")?.send().await?).await
+    }
+
+    /// `DELETE /api/v1/sessions/{session_id}`: logs that device out.
+    pub async fn revoke_session(&self, session: SessionId) -> Result<(), ClientError> {
+        let path = format!("/api/v1/sessions/{session}");
+        let response = self.authed(Method::DELETE, &path)?.send().await?;
+        check(response).await.map(drop)
+    }
+
+    /// `PUT /api/v1/users/me/password`: every other device is logged out.
+    pub async fn change_password(&self, current: &str, new: &str) -> Result<(), ClientError> {
+        let body = PasswordChange {
+            current_password: current.into(),
+            new_password: new.into(),
+        };
+        let response = self
+            .authed(Method::PUT, "/api/v1/users/me/password")?
+            .json(&body)
+            .send()
+            .await?;
         check(response).await.map(drop)
     }
 

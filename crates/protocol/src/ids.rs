@@ -94,6 +94,12 @@ opaque_id!(
     "m"
 );
 opaque_id!(
+    /// A login session: one device. Not a counter, like the others.
+    SessionId,
+    "s"
+);
+
+opaque_id!(
     /// One WebSocket connection, unique within a server process.
     ConnectionId,
     "c"

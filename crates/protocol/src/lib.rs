@@ -16,4 +16,4 @@ pub mod rest;
 pub use decode::FrameError;
 pub use errors::ErrorCode;
 pub use events::{ClientEvent, MessageStatus, MessageView, ServerEvent};
-pub use ids::{ConnectionId, MessageId, UserId};
+pub use ids::{ConnectionId, MessageId, SessionId, UserId};

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, MessageView, UserId};
+use crate::{ErrorCode, MessageView, SessionId, UserId};
 
 /// `POST /api/v1/users` and `POST /api/v1/sessions` body.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -22,6 +22,39 @@ pub struct Credentials {
 pub struct PasswordConfirmation {
     /// The account's current password.
     pub password: String,
+}
+
+/// `PUT /api/v1/users/me/password` body.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasswordChange {
+    /// The password now.
+    pub current_password: String,
+    /// The new one: 8–128 characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 8, max_length = 128))]
+    pub new_password: String,
+}
+
+/// One of the caller's live sessions: a device.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// Its id, for `DELETE /api/v1/sessions/{session_id}`.
+    pub session_id: SessionId,
+    /// When it logged in, ms since the epoch.
+    pub created_at: i64,
+    /// When its token was last used, ms since the epoch (to the minute).
+    pub last_used_at: i64,
+    /// Whether it is the session making this request.
+    pub current: bool,
+}
+
+/// `200` from `GET /api/v1/sessions`: the caller's devices, newest first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionList {
+    /// Live sessions (neither revoked nor expired).
+    pub sessions: Vec<SessionView>,
 }
 
 /// `201` from `POST /api/v1/users`.

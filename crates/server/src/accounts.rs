@@ -26,7 +26,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use base64::Engine;
 use dashmap::DashMap;
 use dyad_protocol::UserId;
-use dyad_protocol::rest::{SessionCreated, UserCreated};
+use dyad_protocol::rest::{SessionCreated, SessionList, SessionView, UserCreated};
 use dyad_store::{MessageStore, NewSession, SessionId, SessionRecord, TokenHash, UserRecord};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
@@ -78,6 +78,9 @@ pub enum AccountError {
     /// No live session for the token.
     #[error("no live session")]
     Unauthorized,
+    /// No such live session of the caller's (revoking a device).
+    #[error("no such session")]
+    NoSuchSession,
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -122,6 +125,9 @@ pub struct Accounts {
     /// Users deleted lately, likewise for every session of theirs. Entries
     /// live [`SESSION_CACHE_TTL`], and each took a password hash to make.
     deleted: Mutex<HashMap<UserId, Instant>>,
+    /// Sessions used since the last [`Accounts::take_used`], and when; at
+    /// most [`MAX_CACHED_SESSIONS`], each a valid token's.
+    used: DashMap<SessionId, i64>,
 }
 
 impl Accounts {
@@ -137,6 +143,7 @@ impl Accounts {
             sessions: DashMap::new(),
             revoked: Mutex::new(HashMap::new()),
             deleted: Mutex::new(HashMap::new()),
+            used: DashMap::new(),
             store,
             guard,
             throttle: LoginThrottle::new(MAX_TRACKED_FAILURES),
@@ -201,6 +208,94 @@ impl Accounts {
         password: &str,
         source: IpAddr,
     ) -> Result<(), AccountError> {
+        let me = self.confirm(session, password, source).await?;
+        self.forget_user(me.id);
+        self.store.delete_user(me.id, now_ms()).await?;
+        self.forget_user(me.id);
+        tracing::info!(user_id = %me.id, %source, "account deleted");
+        Ok(())
+    }
+
+    /// `PUT /api/v1/users/me/password`: replaces the password of `session`'s
+    /// user once the current one is confirmed (under the same limits as a
+    /// login) and revokes every other session of theirs; answers those.
+    /// Closing their sockets, and telling other nodes, is the caller's part.
+    pub async fn change_password(
+        &self,
+        session: &SessionRecord,
+        current: &str,
+        new: &str,
+        source: IpAddr,
+    ) -> Result<Vec<SessionId>, AccountError> {
+        let new = Password::parse(new)?;
+        let me = self.confirm(session, current, source).await?;
+        let hash = {
+            let _slot = self.hashing_slot(source).await?;
+            tokio::task::spawn_blocking(move || hash_password(new.as_bytes()))
+                .await
+                .map_err(|e| AccountError::Internal(e.to_string()))??
+        };
+        let revoked = self.store.change_password(me.id, &hash, session.id, now_ms()).await?;
+        revoked.iter().for_each(|id| self.forget_session(*id));
+        tracing::info!(user_id = %me.id, %source, ended = revoked.len(), "password changed");
+        Ok(revoked)
+    }
+
+    /// `GET /api/v1/sessions`: the live sessions of `session`'s user.
+    pub async fn sessions(&self, session: &SessionRecord) -> Result<SessionList, AccountError> {
+        let sessions = self.store.sessions_of(session.user_id, now_ms()).await?;
+        Ok(SessionList {
+            sessions: sessions
+                .into_iter()
+                .map(|s| SessionView {
+                    session_id: s.id,
+                    created_at: s.created_at,
+                    // What this node saw since it last wrote them down.
+                    last_used_at: self
+                        .used
+                        .get(&s.id)
+                        .map_or(s.last_used_at, |at| s.last_used_at.max(*at)),
+                    current: s.id == session.id,
+                })
+                .collect(),
+        })
+    }
+
+    /// `DELETE /api/v1/sessions/{session_id}`: revokes another (or this)
+    /// session of `session`'s user, as a logout would. Closing its sockets,
+    /// and telling other nodes, is the caller's part.
+    pub async fn revoke(&self, session: &SessionRecord, target: SessionId) -> Result<(), AccountError> {
+        if !self.store.revoke_session_of(session.user_id, target, now_ms()).await? {
+            return Err(AccountError::NoSuchSession);
+        }
+        self.forget_session(target);
+        Ok(())
+    }
+
+    /// Notes that `session` is in use now; kept for [`Accounts::take_used`].
+    fn note_used(&self, session: SessionId, now: i64) {
+        if self.used.len() < MAX_CACHED_SESSIONS || self.used.contains_key(&session) {
+            self.used.insert(session, now);
+        }
+    }
+
+    /// The sessions used since the last call, and when: for the store's
+    /// `last_used_at`, written once a minute rather than at every request.
+    pub fn take_used(&self) -> Vec<(SessionId, i64)> {
+        let used: Vec<(SessionId, i64)> = self.used.iter().map(|e| (*e.key(), *e.value())).collect();
+        used.iter().for_each(|(id, at)| {
+            self.used.remove_if(id, |_, seen| seen == at);
+        });
+        used
+    }
+
+    /// The account of `session` if `password` is its password.
+    async fn confirm(
+        &self,
+        session: &SessionRecord,
+        password: &str,
+        source: IpAddr,
+    ) -> Result<UserRecord, AccountError> {
         let me = self
             .store
             .user_by_id(session.user_id)
@@ -211,11 +306,7 @@ impl Accounts {
         if confirmed.id != me.id {
             return Err(AccountError::InvalidCredentials);
         }
-        self.forget_user(me.id);
-        self.store.delete_user(me.id, now_ms()).await?;
-        self.forget_user(me.id);
-        tracing::info!(user_id = %me.id, %source, "account deleted");
-        Ok(())
+        Ok(me)
     }
 
     /// The account `username` names if `password` is its password, checked
@@ -290,7 +381,10 @@ impl Accounts {
             && entry.1.elapsed() < SESSION_CACHE_TTL
             && entry.0.expires_at > now
         {
-            return Ok(entry.0);
+            let session = entry.0;
+            drop(entry);
+            self.note_used(session.id, now);
+            return Ok(session);
         }
         let session = self
             .store
@@ -305,6 +399,7 @@ impl Accounts {
             }
             self.sessions.insert(hash, (session, Instant::now()));
         }
+        self.note_used(session.id, now);
         Ok(session)
     }
 

@@ -6,7 +6,7 @@
 //! what keeps each conversation in `seq` order on every connection.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use dyad_protocol::{ErrorCode, MessageStatus, ServerEvent};
 use dyad_store::{MessageStore, WriteOp, WriteOutcome};

@@ -62,6 +62,9 @@ pub enum ApiError {
     /// No such route.
     #[error("no such route")]
     NotFound,
+    /// No such live session of the caller's.
+    #[error("no such session")]
+    SessionNotFound,
     /// Storage is down.
     #[error("storage is unavailable; retry later")]
     Unavailable(#[source] StoreError),
@@ -87,7 +90,7 @@ impl ApiError {
             ApiError::UserNotFound => ErrorCode::UserNotFound,
             ApiError::InvalidParameter(_) => ErrorCode::InvalidParameter,
             ApiError::InvalidBody(_) => ErrorCode::InvalidBody,
-            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::NotFound | ApiError::SessionNotFound => ErrorCode::NotFound,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
@@ -105,7 +108,7 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::RegistrationClosed | ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
-            ApiError::UserNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UserNotFound | ApiError::NotFound | ApiError::SessionNotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -136,6 +139,7 @@ impl From<AccountError> for ApiError {
             AccountError::Throttled(wait) => ApiError::TooManyAttempts(wait),
             AccountError::Limited(wait) => ApiError::TooManyRequests(wait),
             AccountError::Unauthorized => ApiError::Unauthorized,
+            AccountError::NoSuchSession => ApiError::SessionNotFound,
             AccountError::Store(e) => ApiError::from(e),
             AccountError::Internal(why) => ApiError::Internal(why),
         }

@@ -134,7 +134,8 @@ pub async fn serve(
         connections: TaskTracker::new(),
         shutdown: CancellationToken::new(),
     });
-    // Housekeeping: forget full flood buckets; every minute, store last_seen.
+    // Housekeeping: forget full flood buckets; every minute, store last_seen
+    // and when sessions were last used.
     let sweeper = tokio::spawn({
         let app = app.clone();
         async move {
@@ -144,6 +145,7 @@ pub async fn serve(
                 app.flood.sweep();
                 if round % 6 == 0 {
                     app.hub.persist_last_seen().await;
+                    persist_sessions_used(&app).await;
                 }
             }
         }
@@ -198,6 +200,7 @@ pub async fn serve(
         tracing::warn!("some connections did not close in time");
     }
     app.hub.persist_last_seen().await;
+    persist_sessions_used(&app).await;
     sweeper.abort();
     session_check.abort();
     heartbeat.abort();
@@ -208,4 +211,17 @@ pub async fn serve(
     let _ = commit_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Stores when sessions were last used: those that made a request since
+/// the last time, and those with a WebSocket open here (now).
+async fn persist_sessions_used(app: &App) {
+    let now = clock::now_ms();
+    let mut used = app.accounts.take_used();
+    used.extend(app.hub.open_sessions().into_iter().map(|s| (s, now)));
+    if !used.is_empty()
+        && let Err(e) = app.store.touch_sessions(&used).await
+    {
+        tracing::warn!(error = %e, "could not store when sessions were last used");
+    }
 }

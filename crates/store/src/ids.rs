@@ -16,7 +16,7 @@
 
 use std::hash::Hasher;
 
-use dyad_protocol::{MessageId, UserId};
+use dyad_protocol::{MessageId, SessionId, UserId};
 use siphasher::sip::SipHasher13;
 
 /// What an id names. Each kind is its own permutation, so a user and a
@@ -25,6 +25,7 @@ use siphasher::sip::SipHasher13;
 pub(crate) enum IdKind {
     User = 1,
     Message = 2,
+    Session = 3,
 }
 
 const HALF_BITS: u32 = 31;
@@ -84,6 +85,8 @@ impl IdCipher {
         match kind {
             IdKind::User => self.legacy_users,
             IdKind::Message => self.legacy_messages,
+            // Session ids were never shown before they were permuted.
+            IdKind::Session => -1,
         }
     }
 
@@ -142,6 +145,16 @@ impl IdCipher {
     /// The row number of message `id` ([`NO_ROW`] if no row can have it).
     pub(crate) fn message_row(&self, id: MessageId) -> i64 {
         self.row(IdKind::Message, id.get())
+    }
+
+    /// The session with row number `row`.
+    pub(crate) fn session(&self, row: i64) -> SessionId {
+        SessionId(self.show(IdKind::Session, row))
+    }
+
+    /// The row number of session `id` ([`NO_ROW`] if no row can have it).
+    pub(crate) fn session_row(&self, id: SessionId) -> i64 {
+        self.row(IdKind::Session, id.get())
     }
 }
 

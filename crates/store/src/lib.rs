@@ -81,6 +81,22 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn revoke_session(&self, id: SessionId) -> StoreResult<()>;
     /// Which of `sessions` are revoked (by this process or any other).
     async fn revoked_among(&self, sessions: &[SessionId]) -> StoreResult<Vec<SessionId>>;
+    /// The live sessions of `user` (neither revoked nor expired at `now`),
+    /// newest first: their devices.
+    async fn sessions_of(&self, user: UserId, now: i64) -> StoreResult<Vec<SessionInfo>>;
+    /// Revokes `session` if it is a live session of `user`; whether it was.
+    async fn revoke_session_of(&self, user: UserId, session: SessionId, now: i64) -> StoreResult<bool>;
+    /// Replaces the password hash of `user` and revokes every live session
+    /// of theirs but `keep`, in one transaction; answers the revoked ones.
+    async fn change_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: SessionId,
+        now: i64,
+    ) -> StoreResult<Vec<SessionId>>;
+    /// Records when sessions were last used.
+    async fn touch_sessions(&self, used: &[(SessionId, i64)]) -> StoreResult<()>;
 
     /// Runs the operations as one transaction and answers one outcome each,
     /// in order. Either every operation is committed or the call fails.

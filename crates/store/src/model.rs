@@ -21,9 +21,18 @@ pub struct UserRecord {
     pub deleted_at: Option<i64>,
 }
 
-/// A session id (internal; never on the wire).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(pub i64);
+pub use dyad_protocol::SessionId;
+
+/// A live session, as its user sees it in their list of devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Its id.
+    pub id: SessionId,
+    /// ms since the epoch.
+    pub created_at: i64,
+    /// When its token was last used (to the minute), or `created_at`.
+    pub last_used_at: i64,
+}
 
 /// SHA-256 of a bearer token. Tokens are only ever stored hashed.
 pub type TokenHash = [u8; 32];

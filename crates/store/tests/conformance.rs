@@ -110,6 +110,95 @@ async fn a_password_reset_replaces_the_hash_and_revokes_every_session() {
 }
 
 #[tokio::test]
+async fn a_users_devices_are_listed_revoked_one_by_one_and_ended_by_a_password_change() {
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let alice = s.create_user("alice", "old", 0).await.unwrap();
+        let bob = s.create_user("bob", "bobs", 0).await.unwrap();
+        let mut sessions = Vec::new();
+        for (n, (user, expires_at)) in [
+            (alice.id, i64::MAX),
+            (alice.id, i64::MAX),
+            (alice.id, 50),
+            (bob.id, i64::MAX),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let created = s
+                .create_session(NewSession {
+                    user_id: user,
+                    token_hash: [n as u8 + 1; 32],
+                    created_at: 10 * n as i64,
+                    expires_at,
+                })
+                .await
+                .unwrap();
+            sessions.push(created.id);
+        }
+        let (laptop, phone, expired, bobs) = (sessions[0], sessions[1], sessions[2], sessions[3]);
+        assert!(
+            sessions.iter().all(|id| id.get() >= 1 << 62),
+            "{driver}: session ids are not counters: {sessions:?}"
+        );
+        s.touch_sessions(&[(laptop, 500)]).await.unwrap();
+        let listed = s.sessions_of(alice.id, 100).await.unwrap();
+        let seen: Vec<_> = listed.iter().map(|d| (d.id, d.created_at, d.last_used_at)).collect();
+        assert_eq!(
+            seen,
+            vec![(phone, 10, 10), (laptop, 0, 500)],
+            "{driver}: live ones, newest first"
+        );
+
+        assert!(
+            !s.revoke_session_of(alice.id, bobs, 100).await.unwrap(),
+            "{driver}: not hers"
+        );
+        assert!(
+            !s.revoke_session_of(alice.id, expired, 100).await.unwrap(),
+            "{driver}: not live"
+        );
+        assert!(s.revoke_session_of(alice.id, phone, 100).await.unwrap(), "{driver}");
+        assert!(
+            !s.revoke_session_of(alice.id, phone, 100).await.unwrap(),
+            "{driver}: once"
+        );
+        assert!(s.session_by_token(&[2; 32], 100).await.unwrap().is_none(), "{driver}");
+        assert_eq!(
+            s.revoked_among(&[laptop, phone, bobs]).await.unwrap(),
+            vec![phone],
+            "{driver}"
+        );
+
+        let tablet = s
+            .create_session(NewSession {
+                user_id: alice.id,
+                token_hash: [9; 32],
+                created_at: 60,
+                expires_at: i64::MAX,
+            })
+            .await
+            .unwrap()
+            .id;
+        let revoked = s.change_password(alice.id, "new", laptop, 100).await.unwrap();
+        assert_eq!(revoked, vec![tablet], "{driver}: every other live session");
+        assert_eq!(
+            s.user_by_id(alice.id).await.unwrap().unwrap().password_hash,
+            "new",
+            "{driver}"
+        );
+        assert!(
+            s.session_by_token(&[1; 32], 100).await.unwrap().is_some(),
+            "{driver}: the caller's stays"
+        );
+        assert!(
+            s.session_by_token(&[4; 32], 100).await.unwrap().is_some(),
+            "{driver}: bob's too"
+        );
+    }
+}
+
+#[tokio::test]
 async fn users_are_unique_by_name_and_found_by_name_and_id() {
     for (driver, fresh) in drivers().await {
         let s = &*fresh.store;
@@ -302,7 +391,9 @@ async fn revoked_sessions_are_found_among_many() {
         s.revoke_session(sessions[3]).await.unwrap();
         let mut revoked = s.revoked_among(&sessions).await.unwrap();
         revoked.sort_unstable();
-        assert_eq!(revoked, vec![sessions[1], sessions[3]], "{driver}");
+        let mut expected = vec![sessions[1], sessions[3]];
+        expected.sort_unstable(); // ids are not in creation order
+        assert_eq!(revoked, expected, "{driver}");
         assert_eq!(
             s.revoked_among(&sessions[..2]).await.unwrap(),
             vec![sessions[1]],

@@ -51,6 +51,31 @@ pub enum TermCommand {
     /// Chat interactively: lines you type are sent; incoming messages,
     /// delivered ticks, presence and typing show as they happen.
     Chat(ChatArgs),
+    /// List the devices logged in to your account, or log one out.
+    Devices(DevicesArgs),
+    /// Change your password; every other device is logged out.
+    Passwd(PasswdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Log this device out (a `session_id` from the list).
+    #[arg(long, value_name = "SESSION_ID")]
+    revoke: Option<String>,
+    #[command(flatten)]
+    out: JsonFlag,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// Read the current password, then the new one, from the first two
+    /// lines of stdin instead of prompting.
+    #[arg(long)]
+    password_stdin: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +198,8 @@ pub async fn run(command: TermCommand) -> anyhow::Result<()> {
         TermCommand::Send(args) => send(&args.common.path()?, args).await,
         TermCommand::History(args) => history(&args.common.path()?, args).await,
         TermCommand::Conversations(args) => conversations(&args.common.path()?, args.out).await,
+        TermCommand::Devices(args) => devices(&args.common.path()?, args).await,
+        TermCommand::Passwd(args) => passwd(&args.common.path()?, args.password_stdin).await,
         TermCommand::Chat(args) => {
             let (credentials, client) = logged_in(&args.common.path()?)?;
             chat::run(credentials, client, args).await
@@ -351,6 +378,60 @@ async fn conversations(path: &Path, out: JsonFlag) -> anyhow::Result<()> {
             line(&credentials, &c.username, &c.last_message, true)
         );
     }
+    Ok(())
+}
+
+async fn devices(path: &Path, args: DevicesArgs) -> anyhow::Result<()> {
+    let (_, client) = logged_in(path)?;
+    if let Some(id) = args.revoke {
+        let id = id
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{id} is not a session id (see `dyad devices`)"))?;
+        client.revoke_session(id).await?;
+        println!("logged out {id}");
+        return Ok(());
+    }
+    let list = client.sessions().await?;
+    if args.out.json {
+        println!("{}", serde_json::to_string(&list)?);
+        return Ok(());
+    }
+    for s in &list.sessions {
+        println!(
+            "{:<24} logged in {}  last used {}{}",
+            s.session_id,
+            local_time(s.created_at, true),
+            local_time(s.last_used_at, true),
+            if s.current { "  (this one)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+async fn passwd(path: &Path, from_stdin: bool) -> anyhow::Result<()> {
+    let (credentials, client) = logged_in(path)?;
+    let (current, new) = if from_stdin {
+        let mut lines = std::io::stdin().lock().lines();
+        let mut next = || -> anyhow::Result<String> {
+            Ok(lines
+                .next()
+                .context("expected two lines on stdin: current, then new password")??)
+        };
+        (next()?, next()?)
+    } else {
+        let current = rpassword::prompt_password("Current password: ")
+            .context("cannot read a password from the terminal; try --password-stdin")?;
+        let new = rpassword::prompt_password("New password: ")?;
+        if rpassword::prompt_password("New password again: ")? != new {
+            bail!("the two new passwords differ; nothing changed");
+        }
+        (current, new)
+    };
+    client.change_password(&current, &new).await?;
+    println!(
+        "password changed for {}; your other devices are logged out",
+        credentials.username
+    );
     Ok(())
 }
 

@@ -253,3 +253,87 @@ async fn users_are_found_by_username() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_user_lists_their_devices_and_logs_one_out() {
+    let server = TestServer::spawn().await;
+    let laptop = server.user("alice").await;
+    let phone = server.login("alice").await;
+    let bob = server.user("bob").await;
+    let mut phone_socket = phone.connect().await;
+
+    let listed = laptop.client.sessions().await.unwrap().sessions;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        !listed[0].current && listed[1].current,
+        "newest first, the caller's marked: {listed:?}"
+    );
+    assert!(listed.iter().all(|s| s.last_used_at >= s.created_at));
+    // This very request counts as use of the laptop's session: after the
+    // phone's login, though the laptop logged in before it.
+    assert!(listed[1].last_used_at >= listed[0].created_at, "{listed:?}");
+    let phone_id = listed[0].session_id;
+    assert_eq!(phone.client.sessions().await.unwrap().sessions[0].session_id, phone_id);
+    assert!(phone.client.sessions().await.unwrap().sessions[0].current);
+
+    // Someone else's session, or none at all, is not found: nothing tells them apart.
+    let bobs = bob.client.sessions().await.unwrap().sessions[0].session_id;
+    for stranger in [bobs, dyad_client::protocol::SessionId(12345)] {
+        assert_eq!(
+            api_error(laptop.client.revoke_session(stranger).await),
+            (404, ErrorCode::NotFound)
+        );
+    }
+    bob.client.conversations().await.unwrap();
+
+    laptop.client.revoke_session(phone_id).await.unwrap();
+    assert_eq!(phone_socket.expect_close().await, 1008);
+    assert_eq!(
+        api_error(phone.client.conversations().await),
+        (401, ErrorCode::Unauthorized)
+    );
+    assert_eq!(
+        api_error(laptop.client.revoke_session(phone_id).await),
+        (404, ErrorCode::NotFound),
+        "once"
+    );
+    let left = laptop.client.sessions().await.unwrap().sessions;
+    assert_eq!(left.len(), 1);
+    assert!(left[0].current);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_password_change_needs_the_old_one_and_logs_out_every_other_device() {
+    let server = TestServer::spawn().await;
+    let mut laptop = server.user("alice").await;
+    let phone = server.login("alice").await;
+    let mut phone_socket = phone.connect().await;
+    let mut laptop_socket = laptop.connect().await;
+
+    assert_eq!(
+        api_error(laptop.client.change_password("not the password", "brand new pw").await),
+        (401, ErrorCode::InvalidCredentials)
+    );
+    assert_eq!(
+        api_error(laptop.client.change_password(PASSWORD, "short").await),
+        (400, ErrorCode::InvalidPassword)
+    );
+    phone.client.conversations().await.unwrap();
+
+    laptop.client.change_password(PASSWORD, "brand new pw").await.unwrap();
+    assert_eq!(phone_socket.expect_close().await, 1008);
+    assert_eq!(
+        api_error(phone.client.conversations().await),
+        (401, ErrorCode::Unauthorized)
+    );
+    // The device that changed it stays, socket and all.
+    laptop.client.conversations().await.unwrap();
+    laptop_socket.expect_silence(std::time::Duration::from_millis(50)).await;
+    assert_eq!(
+        api_error(laptop.client.login("alice", PASSWORD).await),
+        (401, ErrorCode::InvalidCredentials)
+    );
+    laptop.client.login("alice", "brand new pw").await.unwrap();
+    server.stop().await;
+}

@@ -33,9 +33,11 @@ async fn the_document_names_every_route_and_each_4xx_has_the_error_body() {
             "/api/v1/messages/{user_id}",
             "/api/v1/sessions",
             "/api/v1/sessions/current",
+            "/api/v1/sessions/{session_id}",
             "/api/v1/users",
             "/api/v1/users/by-username/{username}",
             "/api/v1/users/me",
+            "/api/v1/users/me/password",
             "/api/v1/users/{user_id}/status",
             "/api/v1/ws",
         ]
@@ -56,7 +58,9 @@ async fn the_document_names_every_route_and_each_4xx_has_the_error_body() {
         let url = format!(
             "{}{}",
             server.base,
-            path.replace("{user_id}", "u1").replace("{username}", "x")
+            path.replace("{user_id}", "u1")
+                .replace("{username}", "x")
+                .replace("{session_id}", "s1")
         );
         let body: Value = http.get(&url).send().await.unwrap().json().await.unwrap_or_default();
         assert_ne!(

@@ -201,3 +201,65 @@ async fn chat_shows_messages_ticks_presence_and_typing_as_they_happen() {
     }
     server.stop().await;
 }
+
+/// `dyad register|login alice` with the password on stdin.
+async fn sign_in(config: &Path, verb: &str, server: &str, password: &str) {
+    stdout(
+        &run(
+            config,
+            &[verb, "alice", "--server", server, "--password-stdin"],
+            password,
+        )
+        .await,
+    );
+}
+
+#[tokio::test]
+async fn devices_are_listed_and_logged_out_and_passwd_ends_the_others() {
+    let server = TestServer::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (laptop, phone) = (dir.path().join("laptop.json"), dir.path().join("phone.json"));
+    let password = format!("{PASSWORD}\n");
+    sign_in(&laptop, "register", &server.base, &password).await;
+    sign_in(&phone, "login", &server.base, &password).await;
+
+    let listed = stdout(&run(&laptop, &["devices"], "").await);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(
+        lines[1].ends_with("(this one)") && !lines[0].contains("this one"),
+        "{listed}"
+    );
+    let phone_id = lines[0].split_whitespace().next().unwrap();
+
+    let out = stdout(&run(&laptop, &["devices", "--revoke", phone_id], "").await);
+    assert!(out.contains(phone_id), "{out}");
+    assert!(failure(&run(&phone, &["conversations"], "").await).contains("unauthorized"));
+    let again = failure(&run(&laptop, &["devices", "--revoke", phone_id], "").await);
+    assert!(again.contains("not_found"), "{again}");
+
+    // passwd: the other device is logged out, this one stays.
+    sign_in(&phone, "login", &server.base, &password).await;
+    let wrong = failure(
+        &run(
+            &laptop,
+            &["passwd", "--password-stdin"],
+            "wrong password\nnew password 1\n",
+        )
+        .await,
+    );
+    assert!(wrong.contains("invalid_credentials"), "{wrong}");
+    let changed = stdout(
+        &run(
+            &laptop,
+            &["passwd", "--password-stdin"],
+            &format!("{PASSWORD}\nnew password 1\n"),
+        )
+        .await,
+    );
+    assert!(changed.contains("password changed"), "{changed}");
+    assert!(failure(&run(&phone, &["conversations"], "").await).contains("unauthorized"));
+    stdout(&run(&laptop, &["conversations"], "").await);
+    sign_in(&phone, "login", &server.base, "new password 1\n").await;
+    server.stop().await;
+}

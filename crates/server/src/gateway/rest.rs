@@ -7,11 +7,12 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use dyad_protocol::SessionId;
 use dyad_protocol::UserId;
 use dyad_protocol::events::PresenceView;
 use dyad_protocol::rest::{
-    ConversationList, ConversationView, Credentials, ErrorBody, HistoryPage, PasswordConfirmation, SessionCreated,
-    UserCreated, UserSummary,
+    ConversationList, ConversationView, Credentials, ErrorBody, HistoryPage, PasswordChange, PasswordConfirmation,
+    SessionCreated, SessionList, UserCreated, UserSummary,
 };
 use dyad_store::PageRequest;
 
@@ -83,6 +84,64 @@ pub(crate) async fn login(
 pub(crate) async fn logout(State(app): State<Arc<App>>, Authed(session): Authed) -> Result<StatusCode, ApiError> {
     app.accounts.logout(&session).await?;
     app.hub.close_revoked(session.user_id, Revoked::Session(session.id));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/sessions`: the caller's devices.
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "accounts", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's live sessions, newest first", body = SessionList),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ))]
+pub(crate) async fn sessions(
+    State(app): State<Arc<App>>,
+    Authed(session): Authed,
+) -> Result<Json<SessionList>, ApiError> {
+    Ok(Json(app.accounts.sessions(&session).await?))
+}
+
+/// `DELETE /api/v1/sessions/{session_id}`: log one of the caller's devices out.
+#[utoipa::path(delete, path = "/api/v1/sessions/{session_id}", tag = "accounts", security(("bearer" = [])),
+    params(("session_id" = String, Path, description = "From `GET /api/v1/sessions`")),
+    responses(
+        (status = 204, description = "Revoked as by a logout; its WebSockets are closed"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such live session of the caller's", body = ErrorBody),
+    ))]
+pub(crate) async fn revoke_session(
+    State(app): State<Arc<App>>,
+    Authed(session): Authed,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let target = session_id.parse::<SessionId>().map_err(|_| ApiError::SessionNotFound)?;
+    app.accounts.revoke(&session, target).await?;
+    app.hub.close_revoked(session.user_id, Revoked::Session(target));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /api/v1/users/me/password`: change the password; other devices are logged out.
+#[utoipa::path(put, path = "/api/v1/users/me/password", tag = "accounts", security(("bearer" = [])),
+    request_body = PasswordChange,
+    responses(
+        (status = 204, description = "Changed; every other session is revoked and its WebSockets closed"),
+        (status = 400, description = "`invalid_password` or `invalid_body`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`, or `invalid_credentials` for a wrong current password", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts` or `too_many_requests`; see `Retry-After`", body = ErrorBody),
+    ))]
+pub(crate) async fn change_password(
+    State(app): State<Arc<App>>,
+    Source(source): Source,
+    Authed(session): Authed,
+    body: Result<Json<PasswordChange>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = json_body(body)?;
+    let ended = app
+        .accounts
+        .change_password(&session, &body.current_password, &body.new_password, source)
+        .await?;
+    for id in ended {
+        app.hub.close_revoked(session.user_id, Revoked::Session(id));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -215,6 +215,14 @@ impl Hub {
         }
     }
 
+    /// The sessions with a connection here: in use now.
+    pub fn open_sessions(&self) -> Vec<SessionId> {
+        self.users
+            .iter()
+            .flat_map(|entry| entry.peers.iter().map(|p| p.session.id).collect::<Vec<_>>())
+            .collect()
+    }
+
     /// Tells every connection to stop reading frames (first step of shutdown).
     pub fn stop_reading_all(&self) {
         for entry in self.users.iter() {

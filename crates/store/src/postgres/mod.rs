@@ -22,8 +22,8 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId, SessionRecord,
-    StoreError, StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
+    ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId, SessionInfo,
+    SessionRecord, StoreError, StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
 };
 
 /// The columns `message` reads, in its order, from `messages m` joined with
@@ -340,7 +340,7 @@ impl MessageStore for PostgresStore {
         .await
         .map_err(backend)?;
         Ok(SessionRecord {
-            id: SessionId(id),
+            id: self.ids.session(id),
             user_id: s.user_id,
             expires_at: s.expires_at,
         })
@@ -357,7 +357,7 @@ impl MessageStore for PostgresStore {
         .map_err(backend)?;
         row.map(|r| {
             Ok::<_, sqlx::Error>(SessionRecord {
-                id: SessionId(r.try_get(0)?),
+                id: self.ids.session(r.try_get(0)?),
                 user_id: self.ids.user(r.try_get(1)?),
                 expires_at: r.try_get(2)?,
             })
@@ -368,7 +368,7 @@ impl MessageStore for PostgresStore {
 
     async fn revoke_session(&self, id: SessionId) -> StoreResult<()> {
         sqlx::query("UPDATE sessions SET revoked = true WHERE id = $1")
-            .bind(id.0)
+            .bind(self.ids.session_row(id))
             .execute(&self.pool)
             .await
             .map_err(backend)?;
@@ -376,13 +376,86 @@ impl MessageStore for PostgresStore {
     }
 
     async fn revoked_among(&self, sessions: &[SessionId]) -> StoreResult<Vec<SessionId>> {
-        let ids: Vec<i64> = sessions.iter().map(|s| s.0).collect();
+        let rows: Vec<i64> = sessions.iter().map(|s| self.ids.session_row(*s)).collect();
         let revoked: Vec<i64> = sqlx::query_scalar("SELECT id FROM sessions WHERE id = ANY($1) AND revoked")
-            .bind(ids)
+            .bind(rows)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(revoked.into_iter().map(SessionId).collect())
+        Ok(revoked.into_iter().map(|row| self.ids.session(row)).collect())
+    }
+
+    async fn sessions_of(&self, user: UserId, now: i64) -> StoreResult<Vec<SessionInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, COALESCE(last_used_at, created_at) FROM sessions
+             WHERE user_id = $1 AND NOT revoked AND expires_at > $2 ORDER BY created_at DESC, id DESC",
+        )
+        .bind(self.ids.user_row(user))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionInfo {
+                    id: self.ids.session(r.try_get(0)?),
+                    created_at: r.try_get(1)?,
+                    last_used_at: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(backend)
+    }
+
+    async fn revoke_session_of(&self, user: UserId, session: SessionId, now: i64) -> StoreResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE sessions SET revoked = true
+             WHERE id = $1 AND user_id = $2 AND NOT revoked AND expires_at > $3",
+        )
+        .bind(self.ids.session_row(session))
+        .bind(self.ids.user_row(user))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn change_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: SessionId,
+        now: i64,
+    ) -> StoreResult<Vec<SessionId>> {
+        let revoked: Vec<i64> = sqlx::query_scalar(
+            "WITH changed AS (UPDATE users SET password_hash = $2 WHERE id = $1 AND deleted_at IS NULL)
+             UPDATE sessions SET revoked = true
+             WHERE user_id = $1 AND id <> $3 AND NOT revoked AND expires_at > $4 RETURNING id",
+        )
+        .bind(self.ids.user_row(user))
+        .bind(password_hash)
+        .bind(self.ids.session_row(keep))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(revoked.into_iter().map(|row| self.ids.session(row)).collect())
+    }
+
+    async fn touch_sessions(&self, used: &[(SessionId, i64)]) -> StoreResult<()> {
+        let (rows, at): (Vec<i64>, Vec<i64>) = used.iter().map(|(s, t)| (self.ids.session_row(*s), *t)).unzip();
+        sqlx::query(
+            "UPDATE sessions SET last_used_at = u.at FROM unnest($1::int8[], $2::int8[]) AS u(id, at)
+             WHERE sessions.id = u.id",
+        )
+        .bind(rows)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
     }
 
     async fn write_batch(&self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>> {

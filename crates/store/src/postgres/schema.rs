@@ -86,6 +86,12 @@ INSERT INTO dyad_meta (name, value) SELECT 'legacy_messages', int8send(COALESCE(
 -- their sender; its name, password and last-seen time are erased.
 ALTER TABLE users ADD COLUMN deleted_at bigint;
 "#,
+    r#"
+-- A user's devices are their sessions: listed with when each was last used
+-- (kept to the minute), and revoked one by one.
+ALTER TABLE sessions ADD COLUMN last_used_at bigint;
+CREATE INDEX sessions_by_user ON sessions (user_id);
+"#,
 ];
 
 /// Brings the database up to the newest schema.

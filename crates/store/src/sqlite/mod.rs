@@ -25,8 +25,8 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::backend;
 use crate::ids::IdCipher;
 use crate::{
-    ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId, SessionRecord,
-    StoreError, StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
+    ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId, SessionInfo,
+    SessionRecord, StoreError, StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
 };
 use rows::user_columns;
 use writer::{Job, Writer};
@@ -362,7 +362,7 @@ impl MessageStore for SqliteStore {
                 })
                 .map_err(backend)?;
             Ok(SessionRecord {
-                id: SessionId(w.conn.last_insert_rowid()),
+                id: w.ids.session(w.conn.last_insert_rowid()),
                 user_id: s.user_id,
                 expires_at: s.expires_at,
             })
@@ -379,7 +379,7 @@ impl MessageStore for SqliteStore {
             )?
             .query_row(params![&hash[..], now], |r| {
                 Ok(SessionRecord {
-                    id: SessionId(r.get(0)?),
+                    id: ids.session(r.get(0)?),
                     user_id: ids.user(r.get(1)?),
                     expires_at: r.get(2)?,
                 })
@@ -392,7 +392,7 @@ impl MessageStore for SqliteStore {
     async fn revoke_session(&self, id: SessionId) -> StoreResult<()> {
         self.write(move |w| {
             w.conn
-                .execute("UPDATE sessions SET revoked = 1 WHERE id = ?1", [id.0])
+                .execute("UPDATE sessions SET revoked = 1 WHERE id = ?1", [w.ids.session_row(id)])
                 .map_err(backend)?;
             Ok(())
         })
@@ -401,16 +401,101 @@ impl MessageStore for SqliteStore {
 
     async fn revoked_among(&self, sessions: &[SessionId]) -> StoreResult<Vec<SessionId>> {
         // The ids travel as one JSON array: one statement whatever their number.
-        let ids = format!(
+        let rows = format!(
             "[{}]",
-            sessions.iter().map(|s| s.0.to_string()).collect::<Vec<_>>().join(",")
+            sessions
+                .iter()
+                .map(|s| self.ids.session_row(*s).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         );
+        let ids = self.ids;
         self.read(move |c| {
             c.prepare_cached(
                 "SELECT s.id FROM json_each(?1) AS j JOIN sessions s ON s.id = j.value WHERE s.revoked = 1",
             )?
-            .query_map([ids], |r| Ok(SessionId(r.get(0)?)))?
+            .query_map([rows], |r| Ok(ids.session(r.get(0)?)))?
             .collect()
+        })
+        .await
+    }
+
+    async fn sessions_of(&self, user: UserId, now: i64) -> StoreResult<Vec<SessionInfo>> {
+        let (row, ids) = (self.ids.user_row(user), self.ids);
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, created_at, COALESCE(last_used_at, created_at) FROM sessions
+                 WHERE user_id = ?1 AND revoked = 0 AND expires_at > ?2 ORDER BY created_at DESC, id DESC",
+            )?
+            .query_map(params![row, now], |r| {
+                Ok(SessionInfo {
+                    id: ids.session(r.get(0)?),
+                    created_at: r.get(1)?,
+                    last_used_at: r.get(2)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn revoke_session_of(&self, user: UserId, session: SessionId, now: i64) -> StoreResult<bool> {
+        self.write(move |w| {
+            let changed = w
+                .conn
+                .execute(
+                    "UPDATE sessions SET revoked = 1
+                     WHERE id = ?1 AND user_id = ?2 AND revoked = 0 AND expires_at > ?3",
+                    params![w.ids.session_row(session), w.ids.user_row(user), now],
+                )
+                .map_err(backend)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn change_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: SessionId,
+        now: i64,
+    ) -> StoreResult<Vec<SessionId>> {
+        let password_hash = password_hash.to_owned();
+        self.write(move |w| {
+            let (row, keep) = (w.ids.user_row(user), w.ids.session_row(keep));
+            let tx = w.conn.transaction().map_err(backend)?;
+            tx.execute(
+                "UPDATE users SET password_hash = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                params![row, password_hash],
+            )
+            .map_err(backend)?;
+            let revoked: Vec<i64> = tx
+                .prepare(
+                    "UPDATE sessions SET revoked = 1
+                     WHERE user_id = ?1 AND id <> ?2 AND revoked = 0 AND expires_at > ?3 RETURNING id",
+                )
+                .and_then(|mut st| st.query_map(params![row, keep, now], |r| r.get(0))?.collect())
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(revoked.into_iter().map(|r| w.ids.session(r)).collect())
+        })
+        .await
+    }
+
+    async fn touch_sessions(&self, used: &[(SessionId, i64)]) -> StoreResult<()> {
+        let used: Vec<(i64, i64)> = used.iter().map(|(s, at)| (self.ids.session_row(*s), *at)).collect();
+        self.write(move |w| {
+            let tx = w.conn.transaction().map_err(backend)?;
+            {
+                let mut touch = tx
+                    .prepare_cached("UPDATE sessions SET last_used_at = ?2 WHERE id = ?1")
+                    .map_err(backend)?;
+                for (row, at) in used {
+                    touch.execute(params![row, at]).map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)
         })
         .await
     }

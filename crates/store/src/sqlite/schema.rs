@@ -76,6 +76,12 @@ INSERT INTO meta (name, value) SELECT 'legacy_messages', COALESCE(MAX(id), 0) FR
 -- their sender; its name, password and last-seen time are erased.
 ALTER TABLE users ADD COLUMN deleted_at INTEGER;
 "#,
+    r#"
+-- A user's devices are their sessions: listed with when each was last used
+-- (kept to the minute), and revoked one by one.
+ALTER TABLE sessions ADD COLUMN last_used_at INTEGER;
+CREATE INDEX sessions_by_user ON sessions (user_id);
+"#,
 ];
 
 /// Fills `client_key` for rows written before it existed (step 2).
