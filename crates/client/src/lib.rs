@@ -18,9 +18,18 @@ use dyad_protocol::ErrorCode;
 /// What can go wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The HTTP request failed (connection refused, timeout, …).
+    /// The server could not be reached (nothing listening, no route, a
+    /// connect timeout): one line, no chain of causes.
+    #[error("cannot reach the server at {server} ({why}); is it running?")]
+    Unreachable {
+        /// Scheme, host and port.
+        server: String,
+        /// The innermost cause, e.g. "Connection refused (os error 111)".
+        why: String,
+    },
+    /// The HTTP request failed otherwise.
     #[error("http: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(reqwest::Error),
     /// The server answered with an error body.
     #[error("{status} {code}: {message}")]
     Api {
@@ -54,6 +63,26 @@ pub enum ClientError {
     /// A certificate authority to trust could not be read.
     #[error("tls: {0}")]
     Tls(String),
+}
+
+impl From<reqwest::Error> for ClientError {
+    fn from(e: reqwest::Error) -> Self {
+        if !e.is_connect() {
+            return ClientError::Http(e);
+        }
+        let server = e
+            .url()
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|| "?".into());
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        ClientError::Unreachable {
+            server,
+            why: cause.to_string(),
+        }
+    }
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for ClientError {

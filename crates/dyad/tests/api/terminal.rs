@@ -263,3 +263,30 @@ async fn devices_are_listed_and_logged_out_and_passwd_ends_the_others() {
     sign_in(&phone, "login", &server.base, "new password 1\n").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_that_is_down_gets_one_short_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.json");
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let out = failure(
+        &run(
+            &config,
+            &["login", "alice", "--server", &server, "--password-stdin"],
+            "password1\n",
+        )
+        .await,
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with(&format!("dyad: cannot reach the server at {server} (")),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("is it running?"), "{out}");
+}
