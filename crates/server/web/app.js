@@ -30,7 +30,8 @@ const state = {
   // user_id -> {user_id, username, last_message, presence: {status, last_seen}, unread, typingUntil}
   peers: new Map(),
   open: null, // user_id of the open conversation
-  // user_id -> {byId: Map(message_id -> message), hasMore, loading, loaded}
+  // user_id -> {byId: Map(message_id -> message), hasMore, loading, loaded,
+  //   before: the timestamp the next page back starts from}
   chats: new Map(),
   outbox: [], // [{client_msg_id, recipient_id, message, client_timestamp, status, error, sentOn}]
   connectionSerial: 0,
@@ -272,14 +273,15 @@ function onMessage(message) {
   const incoming = message.sender_id !== state.session.user_id;
   if (incoming) ackDelivery(message.message_id);
   const isNew = storeMessage(peerId, message);
-  const peer = state.peers.get(peerId);
+  let peer = state.peers.get(peerId);
   if (!peer) {
-    refreshConversations(); // someone new: the list call brings the username
-  } else {
-    setLastMessage(peer, message);
-    if (incoming) peer.typingUntil = 0;
-    if (isNew && incoming && state.open !== peerId) peer.unread = (peer.unread || 0) + 1;
+    // Someone new: counted now; the list call brings the username.
+    peer = addPeer(peerId, "", null);
+    refreshConversations();
   }
+  setLastMessage(peer, message);
+  if (incoming) peer.typingUntil = 0;
+  if (isNew && incoming && state.open !== peerId) peer.unread = (peer.unread || 0) + 1;
   render();
 }
 
@@ -428,7 +430,7 @@ function autoGrow() {
 function chatOf(peerId) {
   let chat = state.chats.get(peerId);
   if (!chat) {
-    chat = { byId: new Map(), hasMore: true, loading: false, loaded: false };
+    chat = { byId: new Map(), hasMore: true, loading: false, loaded: false, before: null };
     state.chats.set(peerId, chat);
   }
   return chat;
@@ -468,10 +470,9 @@ async function refreshConversations() {
   if (!state.session) return;
   try {
     const { conversations } = await api("GET", "/conversations");
-    for (const c of conversations) {
-      addPeer(c.user_id, c.username, c.last_message);
-      if (c.last_message) storeMessage(c.user_id, c.last_message);
-    }
+    // The last message is for the list only: kept out of the chat, so that
+    // when it then arrives (a replay) it still counts as unread.
+    for (const c of conversations) addPeer(c.user_id, c.username, c.last_message);
     render();
   } catch (_) { /* offline: the next connect refreshes */ }
 }
@@ -519,17 +520,21 @@ async function loadOlder(peerId) {
   if (chat.loading || (chat.loaded && !chat.hasMore)) return;
   chat.loading = true;
   renderHistoryState();
-  const oldest = chat.loaded ? sortedMessages(chat)[0] : null;
-  const query = `limit=${HISTORY_PAGE}` + (oldest ? `&before=${oldest.timestamp}` : "");
+  // Pages follow each other by the history's own cursor, never by the
+  // oldest message shown: replayed and live messages may be far older than
+  // the pages read so far, and paging from them would skip what lies between.
+  const first = !chat.loaded;
+  const query = `limit=${HISTORY_PAGE}` + (first ? "" : `&before=${chat.before}`);
   try {
     const page = await api("GET", `/messages/${encodeURIComponent(peerId)}?${query}`);
     for (const message of page.messages) storeMessage(peerId, message);
-    chat.hasMore = page.has_more;
+    if (page.messages.length) chat.before = page.messages[page.messages.length - 1].timestamp;
+    chat.hasMore = page.has_more && page.messages.length > 0;
     chat.loaded = true;
   } catch (_) { /* offline: try again on the next scroll or connect */ }
   chat.loading = false;
   if (state.open !== peerId) return;
-  render(!oldest, Boolean(oldest));
+  render(first, !first);
   const box = $("messages");
   // A first page that does not fill the pane cannot be scrolled: go on.
   if (chat.loaded && chat.hasMore && box.scrollHeight <= box.clientHeight) loadOlder(peerId);
@@ -603,6 +608,7 @@ function renderConversations() {
     const item = el("li", "conv" + (peer.user_id === state.open ? " active" : ""));
     item.dataset.userId = peer.user_id;
     item.dataset.username = peer.username;
+    item.dataset.unread = String(peer.unread || 0);
     // Offline, the last known presence may be stale: show none.
     const live = state.link === "online";
     const online = live && peer.presence && peer.presence.status === "online";

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::helpers::{PASSWORD, TestServer, WAIT, test_config};
+use crate::helpers::{PASSWORD, TestServer, TestUser, WAIT, test_config};
 use crate::terminal::{dyad, run, stdout, wait_line};
 
 /// Browsers on a busy 2-core machine are slow; a page condition gets this long.
@@ -488,5 +488,97 @@ async fn the_page_works_over_https_and_wss() {
     open_chat(&browser, "bob").await;
     wait_for_message(&browser, "hello over wss", false, &[]).await;
     browser.close().await.unwrap();
+    server.stop().await;
+}
+
+/// Bob's page is closed while 120 messages go back and forth: his own
+/// (odd numbers) from another device, and Alice's (even, the last one
+/// hers) still undelivered. Then Bob signs in on the page.
+async fn bob_signs_in_after_120_messages(server: &TestServer, driver: &Chromedriver) -> (TestUser, TestUser, Browser) {
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let (mut alice_socket, mut bob_phone) = (alice.connect().await, bob.connect().await);
+    for i in 1..=120 {
+        let text = format!("#{i:03}");
+        if i % 2 == 1 {
+            bob_phone.send_and_ack(alice.id, &text, &text).await;
+            alice_socket.expect_message().await;
+        } else {
+            alice_socket.send_and_ack(bob.id, &text, &text).await;
+            bob_phone.expect_message().await; // and never acknowledged
+        }
+    }
+    drop(bob_phone);
+    let page = driver.browser().await;
+    open_sign_in(&page, &server.base).await;
+    sign_in(&page, "bob", "#login-btn").await;
+    (alice, bob, page)
+}
+
+fn unlimited() -> dyad_server::Config {
+    dyad_server::Config {
+        rate_limit: 0,
+        ..test_config()
+    }
+}
+
+/// The badge counts every one of Alice's 60 (the page before was one
+/// short: the conversation list had already shown it the last one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_badge_counts_every_unread_message() {
+    let _heavy = crate::helpers::heavy().await;
+    let server = TestServer::spawn_with(unlimited()).await;
+    let driver = Chromedriver::start().await;
+    let (_alice, _bob, page) = bob_signs_in_after_120_messages(&server, &driver).await;
+    let script = "return [...document.querySelectorAll('#conversations .conv')].some((c) =>
+        c.dataset.username === 'alice' && c.dataset.unread === '60')";
+    wait_for(&page, "60 unread from alice", script, vec![]).await;
+    let badge = text_of(&page, "#conversations .conv[data-username='alice'] .unread").await;
+    assert_eq!(badge, "60");
+    open_chat(&page, "alice").await;
+    let script =
+        "return document.querySelector(\"#conversations .conv[data-username='alice']\").dataset.unread === '0'";
+    wait_for(&page, "the badge cleared", script, vec![]).await;
+    server.stop().await;
+}
+
+/// Scrolling back shows the whole conversation, as the REST history has
+/// it (the page before paged back from the oldest replayed message and
+/// skipped most of Bob's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrolling_back_misses_no_message() {
+    let _heavy = crate::helpers::heavy().await;
+    let server = TestServer::spawn_with(unlimited()).await;
+    let driver = Chromedriver::start().await;
+    let (alice, bob, page) = bob_signs_in_after_120_messages(&server, &driver).await;
+    open_chat(&page, "alice").await;
+    wait_for_message(&page, "#120", false, &[]).await;
+    let script = "const box = document.getElementById('messages');
+        box.scrollTop = 0;
+        box.dispatchEvent(new Event('scroll'));
+        return document.getElementById('history-state').textContent === 'Start of the conversation';";
+    wait_for(&page, "the start of the conversation", script, vec![]).await;
+    let shown = page
+        .execute(
+            "return [...document.querySelectorAll('#message-list .msg')].map((m) => m.dataset.messageId)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let mut shown: Vec<String> = serde_json::from_value(shown).unwrap();
+    let mut stored = Vec::new();
+    let mut query = vec![("limit", "100".to_owned())];
+    loop {
+        let page = bob.client.history(alice.id, &query).await.unwrap();
+        stored.extend(page.messages.iter().map(|m| m.message_id.to_string()));
+        let Some(last) = page.messages.last().filter(|_| page.has_more) else {
+            break;
+        };
+        query = vec![("limit", "100".to_owned()), ("before", last.timestamp.to_string())];
+    }
+    assert_eq!(stored.len(), 120);
+    shown.sort();
+    stored.sort();
+    assert_eq!(shown.len(), 120, "the page shows {} of 120", shown.len());
+    assert_eq!(shown, stored, "the page shows the conversation as stored");
     server.stop().await;
 }
