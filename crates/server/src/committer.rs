@@ -162,9 +162,6 @@ fn dispatch(
     match outcome {
         WriteOutcome::Stored { message, duplicate } => {
             if let Some(origin) = &origin {
-                if duplicate {
-                    origin.learn(message.id);
-                }
                 let ack = encode(&ServerEvent::MessageAck {
                     client_msg_id,
                     message_id: message.id,

@@ -18,7 +18,7 @@
 //! committed later and therefore published later, so they arrive live.
 
 use crate::codec::Frame;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use dyad_protocol::{MessageId, UserId};
@@ -125,16 +125,26 @@ pub struct Gap {
     pub before_ts: i64,
 }
 
+/// Most old messages a connection remembers seeing through a retried send.
+const MAX_LEARNED: usize = 10_000;
+
 /// Every conversation's place on one connection.
 pub struct Cursors {
     convs: HashMap<UserId, Cursor>,
+    /// Messages at or below a mark that the connection saw anyway: the
+    /// acks of its retried sends of old messages. Their `message_delivered`
+    /// may follow.
+    learned: HashSet<MessageId>,
 }
 
 impl Cursors {
     /// Starts from the marks (`last_seq` per peer) read at connect.
     pub fn new(marks: Vec<(UserId, i64)>) -> Self {
         let convs = marks.into_iter().map(|(peer, seq)| (peer, Cursor::at(seq))).collect();
-        Cursors { convs }
+        Cursors {
+            convs,
+            learned: HashSet::new(),
+        }
     }
 
     /// The connection's mark in the conversation with `peer` (0: none).
@@ -142,10 +152,8 @@ impl Cursors {
         self.convs.get(&peer).map_or(0, |c| c.mark)
     }
 
-    /// Takes one item; pushes what may be written now onto `out`. `known`
-    /// says whether the connection has seen a message at or below its mark
-    /// (through a retried send), for `message_delivered`.
-    pub fn accept(&mut self, item: Outbound, known: impl Fn(MessageId) -> bool, out: &mut Vec<Frame>) {
+    /// Takes one item; pushes what may be written now onto `out`.
+    pub fn accept(&mut self, item: Outbound, out: &mut Vec<Frame>) {
         let (kind, m) = match item {
             Outbound::Frame(frame) => return out.push(frame),
             Outbound::Ordered(o) => *o,
@@ -174,6 +182,10 @@ impl Cursors {
                 let a = m;
                 out.push(a.frame);
                 let cursor = self.convs.entry(a.peer).or_insert_with(|| Cursor::at(0));
+                if a.seq <= cursor.mark && self.learned.len() < MAX_LEARNED {
+                    // A retry of a message older than the connection.
+                    self.learned.insert(a.id);
+                }
                 if a.seq == cursor.last + 1 {
                     cursor.last = a.seq;
                     cursor.advance(out);
@@ -185,7 +197,7 @@ impl Cursors {
                 let d = m;
                 let cursor = self.convs.get_mut(&d.peer);
                 let mark = cursor.as_ref().map_or(0, |c| c.mark);
-                if d.seq <= mark && !known(d.id) {
+                if d.seq <= mark && !self.learned.contains(&d.id) {
                     return;
                 }
                 match cursor.and_then(|c| c.held.get_mut(&d.seq)) {
@@ -305,7 +317,7 @@ mod tests {
     fn run(cursors: &mut Cursors, items: Vec<Outbound>) -> Vec<String> {
         let mut out = Vec::new();
         for i in items {
-            cursors.accept(i, |_| false, &mut out);
+            cursors.accept(i, &mut out);
         }
         out.iter().map(|f| f.as_str().to_owned()).collect()
     }
@@ -391,11 +403,17 @@ mod tests {
     #[test]
     fn notices_at_or_below_the_mark_need_the_message_to_be_known() {
         let mut c = Cursors::new(vec![(UserId(2), 5)]);
-        let mut out = Vec::new();
-        c.accept(item(Kind::Delivered, 2, 4), |_| false, &mut out);
-        c.accept(item(Kind::Delivered, 2, 5), |id| id == MessageId(5), &mut out);
-        c.accept(item(Kind::Delivered, 2, 6), |_| false, &mut out);
-        assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["5", "6"]);
+        // The ack of a retried old send: the connection has seen message 5.
+        let out = run(
+            &mut c,
+            vec![
+                item(Kind::Delivered, 2, 4),
+                item(Kind::Ack, 2, 5),
+                item(Kind::Delivered, 2, 5),
+                item(Kind::Delivered, 2, 6),
+            ],
+        );
+        assert_eq!(out, ["5", "5", "6"], "the ack, then the two notices");
     }
 }
 

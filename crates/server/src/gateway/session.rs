@@ -157,10 +157,10 @@ async fn write_loop(
             () = &mut closing => Written::Closing,
             item = rx.recv() => {
                 let Some(item) = item else { return false };
-                cursors.accept(item, |id| peer.learned(id), &mut ready);
+                cursors.accept(item, &mut ready);
                 for _ in 1..WRITE_BATCH {
                     let Ok(item) = rx.try_recv() else { break };
-                    cursors.accept(item, |id| peer.learned(id), &mut ready);
+                    cursors.accept(item, &mut ready);
                 }
                 write_unless_closing(write_all(&mut sink, &mut ready, within), peer, closing.as_mut()).await
             }

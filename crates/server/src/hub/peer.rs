@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use dyad_protocol::{ConnectionId, MessageId, UserId};
+use dyad_protocol::{ConnectionId, UserId};
 use dyad_store::SessionRecord;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -81,9 +81,6 @@ impl CloseReason {
     };
 }
 
-/// Most ids a connection remembers learning through a retried send.
-const MAX_LATE_KNOWN: usize = 10_000;
-
 /// One live WebSocket connection, as the rest of the server sees it.
 pub struct Peer {
     /// Its id.
@@ -105,9 +102,6 @@ pub struct Peer {
     /// token shared by every connection would be a lock they all contend on.
     stop_reading: CancellationToken,
     close_reason: OnceLock<CloseReason>,
-    /// Old messages (at or below its marks) that it learned of through a
-    /// retried send, so that their `message_delivered` may follow.
-    late_known: Mutex<HashSet<MessageId>>,
     metrics: Arc<Metrics>,
 }
 
@@ -131,7 +125,6 @@ impl Peer {
             closing: CancellationToken::new(),
             stop_reading: CancellationToken::new(),
             close_reason: OnceLock::new(),
-            late_known: Mutex::new(HashSet::new()),
             metrics,
         }
     }
@@ -180,20 +173,6 @@ impl Peer {
     /// Why it is closing, once it is.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.close_reason.get().copied()
-    }
-
-    /// Whether this connection learned of message `id` through a retried send.
-    pub fn learned(&self, id: MessageId) -> bool {
-        self.late_known.lock().is_ok_and(|k| k.contains(&id))
-    }
-
-    /// Records that this connection saw message `id` through a retried send.
-    pub fn learn(&self, id: MessageId) {
-        if let Ok(mut known) = self.late_known.lock()
-            && known.len() < MAX_LATE_KNOWN
-        {
-            known.insert(id);
-        }
     }
 
     /// Whether some of its sends still wait for their ack.
