@@ -53,13 +53,12 @@ CREATE TABLE messages (
 -- ts strictly increases with seq inside a conversation: this one index
 -- serves history pages by time and keeps (conversation, ts) unique.
 CREATE UNIQUE INDEX messages_by_conversation ON messages (conversation_id, ts);
--- Idempotency keys are found by a 64-bit hash, then compared in full (an
--- index on the text keys cost ~8 µs more per insert, measured).
+-- Idempotency keys are found by a 64-bit hash, then compared in full: an
+-- index on the text keys made every insert slower (docs/BENCHMARKS.md).
 CREATE INDEX messages_by_client_key ON messages (sender_id, client_key) WHERE client_key IS NOT NULL;
 -- Undelivered messages by recipient: a row per message until its first
 -- delivery ack deletes it and writes its delivery row. (Marking the message
--- row instead rewrote it and, mostly, every index: measured slower, and the
--- table bloated.)
+-- row instead rewrote it and most of its indexes, and the table bloated.)
 CREATE TABLE pending (
     recipient_id bigint NOT NULL,
     message_id   bigint NOT NULL,
