@@ -592,6 +592,29 @@ function el(tag, className, text) {
   return node;
 }
 
+/** http(s) addresses in a text, not counting the punctuation that ends a sentence. */
+const URL_PATTERN = /\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]]/g;
+
+/**
+ * A message's text with its web addresses as links. Built from text nodes
+ * and anchors, never from HTML: the text cannot become markup.
+ */
+function textWithLinks(text) {
+  const node = el("div", "text");
+  let at = 0;
+  for (const match of text.matchAll(URL_PATTERN)) {
+    if (match.index > at) node.append(document.createTextNode(text.slice(at, match.index)));
+    const link = el("a", null, match[0]);
+    link.href = match[0];
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    node.append(link);
+    at = match.index + match[0].length;
+  }
+  if (at < text.length) node.append(document.createTextNode(text.slice(at)));
+  return node;
+}
+
 function renderLink() {
   const conn = $("conn-state");
   conn.className = "conn " + state.link;
@@ -631,7 +654,7 @@ function renderMessage(message, mine) {
   node.dataset.status = message.status;
   if (message.message_id) node.dataset.messageId = message.message_id;
   if (message.client_msg_id) node.dataset.clientMsgId = message.client_msg_id;
-  node.append(el("div", "text", message.message));
+  node.append(textWithLinks(message.message));
   const meta = el("div", "meta");
   if (message.status === "failed") {
     meta.append(el("span", "failed", "not sent: " + (message.error || "refused")));

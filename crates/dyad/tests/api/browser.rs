@@ -295,6 +295,22 @@ async fn two_people_chat_in_the_browser() {
         "a message was rendered as HTML"
     );
 
+    // Web addresses are links, made as DOM nodes, opening elsewhere.
+    let linked = "docs at https://example.com/a?b=1. ok";
+    send(&bob, linked).await;
+    wait_for_message(&alice, linked, false, &[]).await;
+    let script = "const text = [...document.querySelectorAll('#message-list .msg .text')]
+            .find((t) => t.textContent === arguments[0]);
+        const links = [...text.querySelectorAll('a')];
+        return links.length === 1 && links[0].href === 'https://example.com/a?b=1'
+            && links[0].textContent === 'https://example.com/a?b=1'
+            && links[0].target === '_blank' && links[0].rel === 'noopener noreferrer';";
+    assert_eq!(
+        alice.execute(script, vec![json!(linked)]).await.unwrap(),
+        json!(true),
+        "the address is one link"
+    );
+
     // Typing shows on the other side.
     let input = bob.find(Locator::Css("#message-input")).await.unwrap();
     input.send_keys("typing something").await.unwrap();
@@ -580,5 +596,44 @@ async fn scrolling_back_misses_no_message() {
     stored.sort();
     assert_eq!(shown.len(), 120, "the page shows {} of 120", shown.len());
     assert_eq!(shown, stored, "the page shows the conversation as stored");
+    server.stop().await;
+}
+
+/// The page is dark when the system is (`prefers-color-scheme`), and light
+/// otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_follows_the_systems_dark_mode() {
+    let _heavy = crate::helpers::heavy().await;
+    let server = TestServer::spawn().await;
+    let driver = Chromedriver::start().await;
+    let background = "return getComputedStyle(document.documentElement).backgroundColor";
+    let light = driver.browser().await;
+    open_sign_in(&light, &server.base).await;
+    assert_eq!(
+        light.execute(background, vec![]).await.unwrap(),
+        json!("rgb(244, 245, 247)")
+    );
+    let dark = driver.browser_with(&["--force-dark-mode"]).await;
+    open_sign_in(&dark, &server.base).await;
+    let prefers = "return matchMedia('(prefers-color-scheme: dark)').matches";
+    assert_eq!(
+        dark.execute(prefers, vec![]).await.unwrap(),
+        json!(true),
+        "the flag took"
+    );
+    assert_eq!(
+        dark.execute(background, vec![]).await.unwrap(),
+        json!("rgb(15, 17, 21)")
+    );
+    sign_in(&dark, "alice", "#register-btn").await;
+    let (bob, alice) = (server.user("bob").await, server.login("alice").await);
+    let mut bob_socket = bob.connect().await;
+    bob_socket
+        .send_and_ack(alice.id, "The plan is at https://example.com/plan. Tonight?", "k1")
+        .await;
+    open_chat(&dark, "bob").await;
+    send(&dark, "Looks good!").await;
+    wait_for_message(&dark, "Looks good!", true, &["sent", "delivered"]).await;
+    screenshot(&dark, "dark.png").await;
     server.stop().await;
 }
