@@ -3,7 +3,7 @@
 use dyad_protocol::events::PresenceView;
 use dyad_protocol::rest::{
     ConversationList, Credentials, ErrorBody, HistoryPage, PasswordChange, PasswordConfirmation, SessionCreated,
-    SessionList, UserCreated, UserSummary,
+    SessionList, Settings, SettingsPatch, UserCreated, UserSummary,
 };
 use dyad_protocol::{ErrorCode, SessionId, UserId};
 use std::sync::Arc;
@@ -162,6 +162,17 @@ impl Client {
             .send()
             .await?;
         check(response).await.map(drop)
+    }
+
+    /// `GET /api/v1/users/me/settings`.
+    pub async fn settings(&self) -> Result<Settings, ClientError> {
+        decode(self.authed(Method::GET, "/api/v1/users/me/settings")?.send().await?).await
+    }
+
+    /// `PATCH /api/v1/users/me/settings`: changes the fields given.
+    pub async fn update_settings(&self, patch: &SettingsPatch) -> Result<Settings, ClientError> {
+        let request = self.authed(Method::PATCH, "/api/v1/users/me/settings")?.json(patch);
+        decode(request.send().await?).await
     }
 
     /// `DELETE /api/v1/users/me`: deletes the account, given its password.

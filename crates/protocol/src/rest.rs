@@ -57,6 +57,72 @@ pub struct SessionList {
     pub sessions: Vec<SessionView>,
 }
 
+/// Who sees a user online, and their `last_seen`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceVisibility {
+    /// Anyone.
+    #[default]
+    Everyone,
+    /// Users they share a conversation with.
+    Contacts,
+    /// Nobody: everyone sees them offline, last seen never.
+    Nobody,
+}
+
+impl PresenceVisibility {
+    /// The name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceVisibility::Everyone => "everyone",
+            PresenceVisibility::Contacts => "contacts",
+            PresenceVisibility::Nobody => "nobody",
+        }
+    }
+
+    /// The value a stored name stands for (`everyone` for anything else).
+    pub fn from_stored(name: &str) -> Self {
+        match name {
+            "contacts" => PresenceVisibility::Contacts,
+            "nobody" => PresenceVisibility::Nobody,
+            _ => PresenceVisibility::Everyone,
+        }
+    }
+}
+
+/// A user's settings: `GET` and `PATCH /api/v1/users/me/settings`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Whether read marks cross between this user and others (both must allow).
+    pub read_receipts: bool,
+    /// Who sees this user online.
+    pub presence: PresenceVisibility,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            read_receipts: true,
+            presence: PresenceVisibility::Everyone,
+        }
+    }
+}
+
+/// `PATCH /api/v1/users/me/settings` body: any of the settings.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    /// New `read_receipts`, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_receipts: Option<bool>,
+    /// New `presence`, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceVisibility>,
+}
+
 /// `201` from `POST /api/v1/users`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

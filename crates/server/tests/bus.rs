@@ -128,6 +128,7 @@ async fn every_kind_of_payload_arrives_whole_on_its_topic() {
                 revoked: Revoked::Account,
             },
         ),
+        (Topic::Presence(user), Payload::Visibility),
         (
             Topic::Nodes,
             Payload::NodeLeft {

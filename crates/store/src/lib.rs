@@ -95,6 +95,11 @@ pub trait MessageStore: Send + Sync + 'static {
         keep: SessionId,
         now: i64,
     ) -> StoreResult<Vec<SessionId>>;
+    /// Applies `patch` to the settings of `user`; the settings now, or
+    /// `None` if there is no such (live) user.
+    async fn update_settings(&self, user: UserId, patch: SettingsPatch) -> StoreResult<Option<Settings>>;
+    /// Whether `a` and `b` share a conversation (are contacts).
+    async fn shares_conversation(&self, a: UserId, b: UserId) -> StoreResult<bool>;
     /// Records when sessions were last used.
     async fn touch_sessions(&self, used: &[(SessionId, i64)]) -> StoreResult<()>;
 

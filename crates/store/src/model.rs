@@ -19,9 +19,12 @@ pub struct UserRecord {
     /// When the account was deleted ([`crate::MessageStore::delete_user`]):
     /// its name and password are then gone, and it cannot log in.
     pub deleted_at: Option<i64>,
+    /// Its settings.
+    pub settings: Settings,
 }
 
 pub use dyad_protocol::SessionId;
+pub use dyad_protocol::rest::{PresenceVisibility, Settings, SettingsPatch};
 
 /// A live session, as its user sees it in their list of devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

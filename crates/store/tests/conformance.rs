@@ -199,6 +199,60 @@ async fn a_users_devices_are_listed_revoked_one_by_one_and_ended_by_a_password_c
 }
 
 #[tokio::test]
+async fn settings_start_at_their_defaults_and_change_field_by_field() {
+    use dyad_store::{PresenceVisibility, Settings, SettingsPatch};
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let ids = users(s, &["alice", "bob", "carol"]).await;
+        let (alice, bob, carol) = (ids[0], ids[1], ids[2]);
+        assert_eq!(
+            s.user_by_id(alice).await.unwrap().unwrap().settings,
+            Settings::default(),
+            "{driver}"
+        );
+        let nobody = SettingsPatch {
+            presence: Some(PresenceVisibility::Nobody),
+            ..SettingsPatch::default()
+        };
+        let after = s.update_settings(alice, nobody).await.unwrap().unwrap();
+        assert_eq!(
+            (after.read_receipts, after.presence),
+            (true, PresenceVisibility::Nobody),
+            "{driver}"
+        );
+        let quiet = SettingsPatch {
+            read_receipts: Some(false),
+            ..SettingsPatch::default()
+        };
+        let after = s.update_settings(alice, quiet).await.unwrap().unwrap();
+        assert_eq!(
+            (after.read_receipts, after.presence),
+            (false, PresenceVisibility::Nobody),
+            "{driver}"
+        );
+        assert_eq!(s.user_by_id(alice).await.unwrap().unwrap().settings, after, "{driver}");
+        assert_eq!(
+            s.user_by_id(bob).await.unwrap().unwrap().settings,
+            Settings::default(),
+            "{driver}"
+        );
+        assert!(
+            s.update_settings(UserId(4242), quiet).await.unwrap().is_none(),
+            "{driver}"
+        );
+
+        assert!(!s.shares_conversation(alice, bob).await.unwrap(), "{driver}");
+        s.write_batch(vec![send(bob, alice, "hi", None)], 1).await.unwrap();
+        assert!(s.shares_conversation(alice, bob).await.unwrap(), "{driver}");
+        assert!(
+            s.shares_conversation(bob, alice).await.unwrap(),
+            "{driver}: either way round"
+        );
+        assert!(!s.shares_conversation(alice, carol).await.unwrap(), "{driver}");
+    }
+}
+
+#[tokio::test]
 async fn users_are_unique_by_name_and_found_by_name_and_id() {
     for (driver, fresh) in drivers().await {
         let s = &*fresh.store;

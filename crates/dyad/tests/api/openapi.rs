@@ -38,6 +38,7 @@ async fn the_document_names_every_route_and_each_4xx_has_the_error_body() {
             "/api/v1/users/by-username/{username}",
             "/api/v1/users/me",
             "/api/v1/users/me/password",
+            "/api/v1/users/me/settings",
             "/api/v1/users/{user_id}/status",
             "/api/v1/ws",
         ]

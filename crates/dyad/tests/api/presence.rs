@@ -131,3 +131,102 @@ async fn typing_is_relayed_to_every_device_of_the_recipient_and_never_stored() {
     assert!((5..=20).contains(&relayed), "relayed {relayed} of 200");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn each_user_decides_who_sees_them_online() {
+    use dyad_client::protocol::rest::{PresenceVisibility, Settings, SettingsPatch};
+    let server = TestServer::spawn().await;
+    let (alice, bob, carol) = (
+        server.user("alice").await,
+        server.user("bob").await,
+        server.user("carol").await,
+    );
+    assert_eq!(alice.client.settings().await.unwrap(), Settings::default());
+    let set = |presence| SettingsPatch {
+        presence: Some(presence),
+        ..SettingsPatch::default()
+    };
+    // Bob is a contact (they have a conversation); Carol is not.
+    let mut a = alice.connect().await;
+    a.send_and_ack(bob.id, "hi", "k").await;
+    let after = alice
+        .client
+        .update_settings(&set(PresenceVisibility::Nobody))
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.presence, after.read_receipts),
+        (PresenceVisibility::Nobody, true)
+    );
+
+    let hidden = (PresenceStatus::Offline, None);
+    let status = bob.client.status(alice.id).await.unwrap();
+    assert_eq!((status.status, status.last_seen), hidden, "nobody: not even a contact");
+    assert_eq!(
+        alice.client.status(alice.id).await.unwrap().status,
+        PresenceStatus::Online,
+        "but herself"
+    );
+    let (mut b, mut c) = (bob.connect_raw().await, carol.connect().await);
+    b.replay().await; // "hi"
+    for conn in [&mut b, &mut c] {
+        subscribe(conn, vec![alice.id]).await;
+        let view = conn.expect_presence().await;
+        assert_eq!((view.status, view.last_seen), hidden);
+    }
+    // Her coming and going is not told either.
+    a.0.close().await.unwrap();
+    let _a = alice.connect().await;
+    b.expect_silence(Duration::from_millis(50)).await;
+
+    // Contacts: Bob now sees her, at once; Carol still does not.
+    alice
+        .client
+        .update_settings(&set(PresenceVisibility::Contacts))
+        .await
+        .unwrap();
+    assert_eq!(b.expect_presence().await.status, PresenceStatus::Online);
+    assert_eq!(
+        bob.client.status(alice.id).await.unwrap().status,
+        PresenceStatus::Online
+    );
+    let status = carol.client.status(alice.id).await.unwrap();
+    assert_eq!((status.status, status.last_seen), hidden);
+    c.expect_silence(Duration::from_millis(50)).await;
+
+    // Everyone.
+    alice
+        .client
+        .update_settings(&set(PresenceVisibility::Everyone))
+        .await
+        .unwrap();
+    assert_eq!(c.expect_presence().await.status, PresenceStatus::Online);
+    assert_eq!(
+        carol.client.status(alice.id).await.unwrap().status,
+        PresenceStatus::Online
+    );
+
+    // Bad values change nothing.
+    for bad in [
+        r#"{"presence":"friends"}"#,
+        r#"{"colour":"blue"}"#,
+        r#"{"read_receipts":"yes"}"#,
+    ] {
+        let response = reqwest::Client::new()
+            .patch(format!("{}/api/v1/users/me/settings", server.base))
+            .bearer_auth(alice.client.token().unwrap())
+            .header("content-type", "application/json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{bad}");
+    }
+    assert_eq!(
+        alice.client.settings().await.unwrap().presence,
+        PresenceVisibility::Everyone
+    );
+    server.stop().await;
+}

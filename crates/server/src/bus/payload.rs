@@ -44,6 +44,9 @@ pub enum Payload {
         /// The `presence` frame for watchers.
         frame: Frame,
     },
+    /// Who may see the channel's user changed (their settings): watchers
+    /// are to be checked again.
+    Visibility,
     /// A node stopped cleanly; its users not connected elsewhere expire
     /// after `grace`.
     NodeLeft {
@@ -81,6 +84,7 @@ impl Payload {
             } => format!("{}\t{}", head('a'), user.get()),
             Payload::Presence { online, frame } => format!("{}\t{}\t{}", head('p'), u8::from(*online), frame.as_str()),
             Payload::NodeLeft { grace } => format!("{}\t{}", head('l'), grace.as_millis()),
+            Payload::Visibility => head('v'),
         }
     }
 
@@ -116,6 +120,7 @@ impl Payload {
                     frame: Frame::from(frame),
                 }
             }
+            "v" => Payload::Visibility,
             "l" => Payload::NodeLeft {
                 grace: Duration::from_millis(rest.parse().ok()?),
             },
@@ -178,6 +183,7 @@ mod tests {
             Payload::NodeLeft {
                 grace: Duration::from_millis(30_000),
             },
+            Payload::Visibility,
         ];
         for payload in all {
             let text = payload.encode("node-a/42");

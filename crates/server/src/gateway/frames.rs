@@ -126,17 +126,26 @@ async fn subscribe(app: &App, peer: &Arc<Peer>, users: Vec<UserId>) {
         return refuse(app, peer, ErrorCode::InvalidPayload, why, None);
     }
     for user in users {
-        app.hub.watch(peer, user).await;
-        match app.hub.presence(user).await {
-            Ok(Some(view)) => peer.push(encode(&ServerEvent::Presence(view))),
+        let record = match app.store.user_by_id(user).await {
+            Ok(Some(record)) => record,
             // Unknown users are not watched and get no event.
-            Ok(None) => app.hub.unwatch(peer, user),
-            Err(e) => {
-                tracing::warn!(error = %e, "presence lookup failed");
-                return refuse(app, peer, ErrorCode::Unavailable, "storage unavailable".into(), None);
-            }
-        }
+            Ok(None) => continue,
+            Err(e) => return unavailable(app, peer, e),
+        };
+        let visible = match app.hub.visible_to(peer.user_id, &record).await {
+            Ok(visible) => visible,
+            Err(e) => return unavailable(app, peer, e),
+        };
+        // Watched before the presence is read: no change falls between.
+        app.hub.watch(peer, user, visible).await;
+        let view = app.hub.view_of(&record, visible).await;
+        peer.push(encode(&ServerEvent::Presence(view)));
     }
+}
+
+fn unavailable(app: &App, peer: &Peer, e: dyad_store::StoreError) {
+    tracing::warn!(error = %e, "presence lookup failed");
+    refuse(app, peer, ErrorCode::Unavailable, "storage unavailable".into(), None);
 }
 
 /// Refuses lists longer than [`MAX_IDS`]; true if the list may pass.

@@ -12,7 +12,7 @@ use dyad_protocol::UserId;
 use dyad_protocol::events::PresenceView;
 use dyad_protocol::rest::{
     ConversationList, ConversationView, Credentials, ErrorBody, HistoryPage, PasswordChange, PasswordConfirmation,
-    SessionCreated, SessionList, UserCreated, UserSummary,
+    SessionCreated, SessionList, Settings, SettingsPatch, UserCreated, UserSummary,
 };
 use dyad_store::PageRequest;
 
@@ -145,6 +145,44 @@ pub(crate) async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /api/v1/users/me/settings`: the caller's settings.
+#[utoipa::path(get, path = "/api/v1/users/me/settings", tag = "accounts", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The settings", body = Settings),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ))]
+pub(crate) async fn settings(State(app): State<Arc<App>>, Authed(session): Authed) -> Result<Json<Settings>, ApiError> {
+    let me = app.store.user_by_id(session.user_id).await?;
+    Ok(Json(me.ok_or(ApiError::Unauthorized)?.settings))
+}
+
+/// `PATCH /api/v1/users/me/settings`: change some settings.
+#[utoipa::path(patch, path = "/api/v1/users/me/settings", tag = "accounts", security(("bearer" = [])),
+    request_body = SettingsPatch,
+    responses(
+        (status = 200, description = "Every setting, after the change", body = Settings),
+        (status = 400, description = "`invalid_parameter`: an unknown field or value", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ))]
+pub(crate) async fn update_settings(
+    State(app): State<Arc<App>>,
+    Authed(session): Authed,
+    body: Result<Json<SettingsPatch>, JsonRejection>,
+) -> Result<Json<Settings>, ApiError> {
+    let patch = body
+        .map(|Json(p)| p)
+        .map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
+    let settings = app
+        .store
+        .update_settings(session.user_id, patch)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if patch.presence.is_some() {
+        app.hub.visibility_changed(session.user_id);
+    }
+    Ok(Json(settings))
+}
+
 /// `DELETE /api/v1/users/me`: delete the caller's account.
 #[utoipa::path(delete, path = "/api/v1/users/me", tag = "accounts", security(("bearer" = [])),
     request_body = PasswordConfirmation,
@@ -202,11 +240,12 @@ pub(crate) async fn user_by_username(
     ))]
 pub(crate) async fn user_status(
     State(app): State<Arc<App>>,
-    Authed(_): Authed,
+    Authed(session): Authed,
     Path(user_id): Path<String>,
 ) -> Result<Json<PresenceView>, ApiError> {
     let user = user_id.parse::<UserId>().map_err(|_| ApiError::UserNotFound)?;
-    Ok(Json(app.hub.presence(user).await?.ok_or(ApiError::UserNotFound)?))
+    let view = app.hub.presence_for(session.user_id, user).await?;
+    Ok(Json(view.ok_or(ApiError::UserNotFound)?))
 }
 
 /// `GET /api/v1/messages/{user_id}`: a page of the conversation with that user.

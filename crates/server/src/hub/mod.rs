@@ -51,7 +51,9 @@ struct UserEntry {
 /// Every live connection on this node.
 pub struct Hub {
     users: DashMap<UserId, UserEntry>,
-    watchers: DashMap<UserId, Vec<Arc<Peer>>>,
+    /// Per watched user, the connections here watching them, and whether
+    /// each may see them (their presence setting).
+    watchers: DashMap<UserId, Vec<(Arc<Peer>, bool)>>,
     /// Watched users whose last news here was "online": those whose
     /// presence may expire without a word (their node died).
     watched_online: DashMap<UserId, ()>,
@@ -248,6 +250,7 @@ impl Hub {
             (Topic::Sessions, Payload::Revoked { user, revoked }) => self.close_revoked_here(user, revoked),
             (Topic::Presence(user), Payload::Presence { online, frame }) => self.announce_here(user, online, &frame),
             (Topic::Nodes, Payload::NodeLeft { grace }) => self.check_watched_after(grace),
+            (Topic::Presence(user), Payload::Visibility) => self.recheck_watchers_of(user),
             // A payload on a topic it does not belong on.
             _ => {}
         }

@@ -110,7 +110,7 @@ async fn next_presence(rx: &mut mpsc::Receiver<Outbound>) -> (PresenceStatus, Op
 async fn watchers_see_online_then_offline_once_the_grace_period_is_over() {
     let f = hub().await;
     let (alice, mut seen) = connect(&f.hub, 1).await;
-    f.hub.watch(&alice, UserId(2)).await;
+    f.hub.watch(&alice, UserId(2), true).await;
     let (bob, _) = connect(&f.hub, 2).await;
     assert_eq!(presence_seen(&mut seen), vec![(PresenceStatus::Online, None)]);
     let closed_at = now_ms();
@@ -140,7 +140,7 @@ async fn watchers_see_online_then_offline_once_the_grace_period_is_over() {
 async fn a_reconnect_within_the_grace_period_is_not_seen() {
     let f = hub().await;
     let (alice, mut seen) = connect(&f.hub, 1).await;
-    f.hub.watch(&alice, UserId(2)).await;
+    f.hub.watch(&alice, UserId(2), true).await;
     let (mut bob, _) = connect(&f.hub, 2).await;
     presence_seen(&mut seen);
     for _ in 0..3 {
@@ -167,7 +167,7 @@ async fn a_reconnect_within_the_grace_period_is_not_seen() {
 async fn the_last_of_several_devices_decides() {
     let f = hub().await;
     let (alice, mut seen) = connect(&f.hub, 1).await;
-    f.hub.watch(&alice, UserId(2)).await;
+    f.hub.watch(&alice, UserId(2), true).await;
     let (laptop, _) = connect(&f.hub, 2).await;
     let (phone, _) = connect(&f.hub, 2).await;
     assert_eq!(presence_seen(&mut seen), vec![(PresenceStatus::Online, None)]);
@@ -242,10 +242,13 @@ async fn presence_spans_nodes_and_a_move_between_them_is_not_seen() {
     let (hubs, _dir) = hubs(2).await;
     let (a, b) = (&hubs[0], &hubs[1]);
     let (alice, mut seen) = connect(a, 1).await;
-    a.watch(&alice, UserId(2)).await;
+    a.watch(&alice, UserId(2), true).await;
     let (bob, _) = connect(b, 2).await;
     assert_eq!(presence_seen(&mut seen), vec![(PresenceStatus::Online, None)]);
-    assert!(a.presence(UserId(2)).await.is_ok(), "asking does not fail");
+    assert!(
+        a.presence_for(UserId(1), UserId(2)).await.is_ok(),
+        "asking does not fail"
+    );
 
     // Bob moves from node b to node a inside the grace period.
     b.unregister(&bob);

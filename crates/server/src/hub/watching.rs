@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dyad_protocol::events::{PresenceStatus, PresenceView};
+use dyad_protocol::rest::PresenceVisibility;
 use dyad_protocol::{ConnectionId, ServerEvent, UserId};
-use dyad_store::StoreResult;
+use dyad_store::{StoreResult, UserRecord};
 
 use super::{Hub, Peer};
 use crate::bus::{Payload, Topic};
@@ -92,45 +93,98 @@ impl Hub {
         }
     }
 
-    /// The presence of `user`, or `None` if there is no such user.
-    pub async fn presence(&self, user: UserId) -> StoreResult<Option<PresenceView>> {
-        // The record first: an account deleted a moment ago may still be in
-        // its grace period, but it is offline for good.
-        let record = self.store.user_by_id(user).await?;
-        // Then presence: the user may have connected while the store answered.
-        let status = if self.online_anywhere(user).await {
-            PresenceStatus::Online
-        } else {
-            PresenceStatus::Offline
+    /// The presence of `user` as `viewer` may see it, or `None` if there is
+    /// no such user.
+    pub async fn presence_for(&self, viewer: UserId, user: UserId) -> StoreResult<Option<PresenceView>> {
+        let Some(record) = self.store.user_by_id(user).await? else {
+            return Ok(None);
         };
-        Ok(record.map(|u| match u.deleted_at {
-            // A deleted account is offline, and was never seen.
-            Some(_) => PresenceView {
-                user_id: user,
-                status: PresenceStatus::Offline,
-                last_seen: None,
-            },
-            None => PresenceView {
-                user_id: user,
-                status,
-                last_seen: if status == PresenceStatus::Online {
-                    None
-                } else {
-                    u.last_seen
-                },
-            },
-        }))
+        let visible = self.visible_to(viewer, &record).await?;
+        Ok(Some(self.view_of(&record, visible).await))
     }
 
-    /// Adds `peer` to the watchers of `user`, once this node hears `user`'s
-    /// presence changes from other nodes; false if it already watched.
-    pub async fn watch(&self, peer: &Arc<Peer>, user: UserId) -> bool {
+    /// Whether `viewer` may see `user`'s presence: their setting, and for
+    /// `contacts` a conversation between them. A deleted account shows none.
+    pub async fn visible_to(&self, viewer: UserId, user: &UserRecord) -> StoreResult<bool> {
+        if user.deleted_at.is_some() {
+            return Ok(false);
+        }
+        Ok(match user.settings.presence {
+            PresenceVisibility::Everyone => true,
+            _ if viewer == user.id => true,
+            PresenceVisibility::Contacts => self.store.shares_conversation(viewer, user.id).await?,
+            PresenceVisibility::Nobody => false,
+        })
+    }
+
+    /// `user`'s presence now, or, for a viewer who may not see it, offline
+    /// and never seen. Read after the viewer watches (if it does), so that
+    /// no change falls between.
+    pub async fn view_of(&self, user: &UserRecord, visible: bool) -> PresenceView {
+        if !visible {
+            return hidden(user.id);
+        }
+        if self.online_anywhere(user.id).await {
+            online(user.id)
+        } else {
+            PresenceView {
+                user_id: user.id,
+                status: PresenceStatus::Offline,
+                last_seen: user.last_seen,
+            }
+        }
+    }
+
+    /// Adds `peer` to the watchers of `user` (told of changes if `visible`),
+    /// once this node hears `user`'s presence changes from other nodes;
+    /// false if it already watched.
+    pub async fn watch(&self, peer: &Arc<Peer>, user: UserId, visible: bool) -> bool {
         let added = peer.watching.lock().is_ok_and(|mut w| w.insert(user));
         if added {
-            self.watchers.entry(user).or_default().push(peer.clone());
+            self.watchers.entry(user).or_default().push((peer.clone(), visible));
             self.bus.hold(Topic::Presence(user)).await;
         }
         added
+    }
+
+    /// Tells every node that who may see `user` changed (their settings).
+    pub fn visibility_changed(self: &Arc<Self>, user: UserId) {
+        self.bus.publish(Topic::Presence(user), Payload::Visibility);
+        self.recheck_watchers_of(user);
+    }
+
+    /// Decides again which watchers here may see `user`, and tells those
+    /// for whom that changed what they see now.
+    pub(super) fn recheck_watchers_of(self: &Arc<Self>, user: UserId) {
+        let watching: Vec<Arc<Peer>> = match self.watchers.get(&user) {
+            Some(list) => list.iter().map(|(p, _)| p.clone()).collect(),
+            None => return,
+        };
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let record = match hub.store.user_by_id(user).await {
+                Ok(Some(record)) => record,
+                Ok(None) => return,
+                Err(e) => return tracing::warn!(error = %e, "could not read presence settings"),
+            };
+            for peer in watching {
+                let visible = match hub.visible_to(peer.user_id, &record).await {
+                    Ok(visible) => visible,
+                    Err(e) => return tracing::warn!(error = %e, "could not read presence settings"),
+                };
+                let mut changed = false;
+                if let Some(mut list) = hub.watchers.get_mut(&user) {
+                    for (_, sees) in list.iter_mut().filter(|(p, _)| p.id == peer.id) {
+                        changed |= *sees != visible;
+                        *sees = visible;
+                    }
+                }
+                if changed {
+                    let view = hub.view_of(&record, visible).await;
+                    peer.push(encode(&ServerEvent::Presence(view)));
+                }
+            }
+        });
     }
 
     /// Removes `peer` from the watchers of `user`.
@@ -139,7 +193,7 @@ impl Hub {
             let nobody_left = self
                 .watchers
                 .remove_if_mut(&user, |_, list| {
-                    list.retain(|p| p.id != peer.id);
+                    list.retain(|(p, _)| p.id != peer.id);
                     list.is_empty()
                 })
                 .is_some();
@@ -184,7 +238,10 @@ impl Hub {
         } else {
             self.watched_online.remove(&user);
         }
-        watchers.iter().for_each(|p| p.push(frame.clone()));
+        watchers
+            .iter()
+            .filter(|(_, visible)| *visible)
+            .for_each(|(p, _)| p.push(frame.clone()));
     }
 
     /// Another node stopped: once its users' grace has passed, tells
@@ -254,6 +311,15 @@ impl Hub {
             }));
             self.announce_here(user, false, &frame);
         }
+    }
+}
+
+/// What a viewer who may not see `user` sees: offline, never seen.
+fn hidden(user: UserId) -> PresenceView {
+    PresenceView {
+        user_id: user,
+        status: PresenceStatus::Offline,
+        last_seen: None,
     }
 }
 

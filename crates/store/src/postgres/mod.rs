@@ -22,8 +22,9 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId, SessionInfo,
-    SessionRecord, StoreError, StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
+    ConversationSummary, MessageStore, NewSession, Page, PageRequest, PresenceVisibility, ProvisionedAccount,
+    SessionId, SessionInfo, SessionRecord, Settings, SettingsPatch, StoreError, StoreResult, StoredMessage, TokenHash,
+    UserRecord, WriteOp, WriteOutcome,
 };
 
 /// The columns `message` reads, in its order, from `messages m` joined with
@@ -46,7 +47,7 @@ use messages;
 /// The columns `user` reads, in its order.
 macro_rules! user_columns {
     () => {
-        "id, username, password_hash, created_at, last_seen, deleted_at"
+        "id, username, password_hash, created_at, last_seen, deleted_at, read_receipts, presence_visibility"
     };
 }
 
@@ -180,6 +181,10 @@ fn user(row: &PgRow, ids: IdCipher) -> sqlx::Result<UserRecord> {
         created_at: row.try_get(3)?,
         last_seen: row.try_get(4)?,
         deleted_at: row.try_get(5)?,
+        settings: Settings {
+            read_receipts: row.try_get(6)?,
+            presence: PresenceVisibility::from_stored(row.try_get::<&str, _>(7)?),
+        },
     })
 }
 
@@ -442,6 +447,40 @@ impl MessageStore for PostgresStore {
         .await
         .map_err(backend)?;
         Ok(revoked.into_iter().map(|row| self.ids.session(row)).collect())
+    }
+
+    async fn update_settings(&self, user: UserId, patch: SettingsPatch) -> StoreResult<Option<Settings>> {
+        let row = sqlx::query(
+            "UPDATE users SET read_receipts = COALESCE($2, read_receipts),
+                              presence_visibility = COALESCE($3, presence_visibility)
+             WHERE id = $1 AND deleted_at IS NULL
+             RETURNING read_receipts, presence_visibility",
+        )
+        .bind(self.ids.user_row(user))
+        .bind(patch.read_receipts)
+        .bind(patch.presence.map(|p| p.as_str()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|r| {
+            Ok(Settings {
+                read_receipts: r.try_get(0)?,
+                presence: PresenceVisibility::from_stored(r.try_get::<&str, _>(1)?),
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| backend(e))
+    }
+
+    async fn shares_conversation(&self, a: UserId, b: UserId) -> StoreResult<bool> {
+        let (a, b) = (self.ids.user_row(a), self.ids.user_row(b));
+        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM conversations WHERE user_lo = $1 AND user_hi = $2")
+            .bind(a.min(b))
+            .bind(a.max(b))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(found.is_some())
     }
 
     async fn touch_sessions(&self, used: &[(SessionId, i64)]) -> StoreResult<()> {

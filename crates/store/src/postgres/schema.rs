@@ -91,6 +91,11 @@ ALTER TABLE users ADD COLUMN deleted_at bigint;
 ALTER TABLE sessions ADD COLUMN last_used_at bigint;
 CREATE INDEX sessions_by_user ON sessions (user_id);
 "#,
+    r#"
+-- Settings: whether read marks cross, and who sees the user online.
+ALTER TABLE users ADD COLUMN read_receipts boolean NOT NULL DEFAULT true;
+ALTER TABLE users ADD COLUMN presence_visibility text NOT NULL DEFAULT 'everyone';
+"#,
 ];
 
 /// Brings the database up to the newest schema.

@@ -25,8 +25,9 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::backend;
 use crate::ids::IdCipher;
 use crate::{
-    ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId, SessionInfo,
-    SessionRecord, StoreError, StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
+    ConversationSummary, MessageStore, NewSession, Page, PageRequest, PresenceVisibility, ProvisionedAccount,
+    SessionId, SessionInfo, SessionRecord, Settings, SettingsPatch, StoreError, StoreResult, StoredMessage, TokenHash,
+    UserRecord, WriteOp, WriteOutcome,
 };
 use rows::user_columns;
 use writer::{Job, Writer};
@@ -235,6 +236,7 @@ impl MessageStore for SqliteStore {
                 created_at: now,
                 last_seen: None,
                 deleted_at: None,
+                settings: Settings::default(),
             })
         })
         .await
@@ -479,6 +481,46 @@ impl MessageStore for SqliteStore {
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(revoked.into_iter().map(|r| w.ids.session(r)).collect())
+        })
+        .await
+    }
+
+    async fn update_settings(&self, user: UserId, patch: SettingsPatch) -> StoreResult<Option<Settings>> {
+        self.write(move |w| {
+            let row = w.ids.user_row(user);
+            let tx = w.conn.transaction().map_err(backend)?;
+            tx.execute(
+                "UPDATE users SET read_receipts = COALESCE(?2, read_receipts),
+                                  presence_visibility = COALESCE(?3, presence_visibility)
+                 WHERE id = ?1 AND deleted_at IS NULL",
+                params![row, patch.read_receipts, patch.presence.map(|p| p.as_str())],
+            )
+            .map_err(backend)?;
+            let settings = tx
+                .query_row(
+                    "SELECT read_receipts, presence_visibility FROM users WHERE id = ?1 AND deleted_at IS NULL",
+                    [row],
+                    |r| {
+                        Ok(Settings {
+                            read_receipts: r.get(0)?,
+                            presence: PresenceVisibility::from_stored(&r.get::<_, String>(1)?),
+                        })
+                    },
+                )
+                .optional()
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(settings)
+        })
+        .await
+    }
+
+    async fn shares_conversation(&self, a: UserId, b: UserId) -> StoreResult<bool> {
+        let (a, b) = (self.ids.user_row(a), self.ids.user_row(b));
+        let (lo, hi) = (a.min(b), a.max(b));
+        self.read(move |c| {
+            c.prepare_cached("SELECT 1 FROM conversations WHERE user_lo = ?1 AND user_hi = ?2")?
+                .exists(params![lo, hi])
         })
         .await
     }

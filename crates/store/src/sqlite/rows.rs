@@ -3,7 +3,7 @@
 use rusqlite::Row;
 
 use crate::ids::IdCipher;
-use crate::{StoredMessage, UserRecord};
+use crate::{PresenceVisibility, Settings, StoredMessage, UserRecord};
 
 /// Columns for [`message`], in order. A macro, not a `const`, so that
 /// queries are built with `concat!` at compile time: building them with
@@ -19,7 +19,7 @@ pub(super) use message_columns;
 /// Columns for [`user`], in order.
 macro_rules! user_columns {
     () => {
-        "id, username, password_hash, created_at, last_seen, deleted_at"
+        "id, username, password_hash, created_at, last_seen, deleted_at, read_receipts, presence_visibility"
     };
 }
 pub(super) use user_columns;
@@ -52,5 +52,9 @@ pub(super) fn user(row: &Row<'_>, ids: IdCipher) -> rusqlite::Result<UserRecord>
         created_at: row.get(3)?,
         last_seen: row.get(4)?,
         deleted_at: row.get(5)?,
+        settings: Settings {
+            read_receipts: row.get(6)?,
+            presence: PresenceVisibility::from_stored(&row.get::<_, String>(7)?),
+        },
     })
 }

@@ -82,6 +82,11 @@ ALTER TABLE users ADD COLUMN deleted_at INTEGER;
 ALTER TABLE sessions ADD COLUMN last_used_at INTEGER;
 CREATE INDEX sessions_by_user ON sessions (user_id);
 "#,
+    r#"
+-- Settings: whether read marks cross, and who sees the user online.
+ALTER TABLE users ADD COLUMN read_receipts INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE users ADD COLUMN presence_visibility TEXT NOT NULL DEFAULT 'everyone';
+"#,
 ];
 
 /// Fills `client_key` for rows written before it existed (step 2).
