@@ -239,6 +239,44 @@ async fn three_nodes_serve_two_users_as_if_they_were_one() {
     }
 }
 
+/// A presence setting changed on one node holds at once for watchers on
+/// another: hidden, then shown again.
+#[tokio::test]
+async fn a_presence_setting_holds_for_watchers_on_other_nodes() {
+    use dyad_client::protocol::rest::{PresenceVisibility, SettingsPatch};
+    let nodes = nodes(2, &redis_url()).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let mut bob_b = watching(&bob, alice.id).await;
+    let _alice_a = alice.connect().await;
+    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Online);
+
+    let set = |presence| SettingsPatch {
+        presence: Some(presence),
+        ..SettingsPatch::default()
+    };
+    alice
+        .client
+        .update_settings(&set(PresenceVisibility::Nobody))
+        .await
+        .unwrap();
+    let hidden = bob_b.expect_presence().await;
+    assert_eq!((hidden.status, hidden.last_seen), (PresenceStatus::Offline, None));
+    let status = via(&bob, &b.base).client.status(alice.id).await.unwrap();
+    assert_eq!((status.status, status.last_seen), (PresenceStatus::Offline, None));
+
+    alice
+        .client
+        .update_settings(&set(PresenceVisibility::Everyone))
+        .await
+        .unwrap();
+    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Online);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 /// What one connection saw of the conversation: each `seq` in order, and
 /// which of them were its own sends (acks).
 #[derive(Default)]

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -48,6 +48,8 @@ pub struct RedisBus {
     publish: mpsc::Sender<Out>,
     subscriptions: mpsc::UnboundedSender<SubCommand>,
     subscribed: std::sync::Arc<AtomicBool>,
+    /// Payloads dropped because the publishing queue was full.
+    dropped: AtomicU64,
     /// The background work, until [`Bus::start`] takes it.
     tasks: Mutex<Option<Tasks>>,
 }
@@ -75,6 +77,7 @@ impl RedisBus {
             publish,
             subscriptions,
             subscribed: std::sync::Arc::new(AtomicBool::new(false)),
+            dropped: AtomicU64::new(0),
             tasks: Mutex::new(Some(Tasks {
                 client,
                 publish_rx,
@@ -118,7 +121,14 @@ impl Bus for RedisBus {
     fn publish(&self, topic: Topic, payload: Payload) {
         let item = Out::Payload(self.channels.name(topic), payload.encode(&self.channels.origin));
         if let Err(mpsc::error::TrySendError::Full(_)) = self.publish.try_send(item) {
-            tracing::warn!("redis publishing queue full; a payload was dropped");
+            // Said at the 1st, 2nd, 4th, 8th… drop: Redis away means many.
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "redis publishing queue full; payloads dropped (they are stored)"
+                );
+            }
         }
     }
 
