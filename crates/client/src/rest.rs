@@ -2,8 +2,8 @@
 
 use dyad_protocol::events::PresenceView;
 use dyad_protocol::rest::{
-    ConversationList, Credentials, ErrorBody, HistoryPage, PasswordChange, PasswordConfirmation, SessionCreated,
-    SessionList, Settings, SettingsPatch, UserCreated, UserSummary,
+    BlockList, ConversationList, Credentials, ErrorBody, HistoryPage, PasswordChange, PasswordConfirmation,
+    SessionCreated, SessionList, Settings, SettingsPatch, UserCreated, UserSummary,
 };
 use dyad_protocol::{ErrorCode, SessionId, UserId};
 use std::sync::Arc;
@@ -173,6 +173,29 @@ impl Client {
     pub async fn update_settings(&self, patch: &SettingsPatch) -> Result<Settings, ClientError> {
         let request = self.authed(Method::PATCH, "/api/v1/users/me/settings")?.json(patch);
         decode(request.send().await?).await
+    }
+
+    /// `PUT /api/v1/blocks/{user_id}`.
+    pub async fn block(&self, user: UserId) -> Result<(), ClientError> {
+        let response = self
+            .authed(Method::PUT, &format!("/api/v1/blocks/{user}"))?
+            .send()
+            .await?;
+        check(response).await.map(drop)
+    }
+
+    /// `DELETE /api/v1/blocks/{user_id}`.
+    pub async fn unblock(&self, user: UserId) -> Result<(), ClientError> {
+        let response = self
+            .authed(Method::DELETE, &format!("/api/v1/blocks/{user}"))?
+            .send()
+            .await?;
+        check(response).await.map(drop)
+    }
+
+    /// `GET /api/v1/blocks`: the users this user blocks, most recent first.
+    pub async fn blocks(&self) -> Result<BlockList, ClientError> {
+        decode(self.authed(Method::GET, "/api/v1/blocks")?.send().await?).await
     }
 
     /// `DELETE /api/v1/users/me`: deletes the account, given its password.

@@ -57,6 +57,8 @@ pub enum ErrorCode {
     RateLimited,
     /// Storage is down: nothing was stored; retry later.
     Unavailable,
+    /// One of the two users blocks the other: nothing was stored.
+    Blocked,
 }
 
 impl ErrorCode {
@@ -87,6 +89,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Blocked => "blocked",
         }
     }
 }
@@ -110,6 +113,7 @@ mod tests {
             ErrorCode::RegistrationClosed,
             ErrorCode::RateLimited,
             ErrorCode::UnknownRecipient,
+            ErrorCode::Blocked,
         ] {
             let json = serde_json::to_string(&code).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -123,6 +123,26 @@ pub struct SettingsPatch {
     pub presence: Option<PresenceVisibility>,
 }
 
+/// One user the caller blocks.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockView {
+    /// Whom.
+    pub user_id: UserId,
+    /// Their username.
+    pub username: String,
+    /// Since when, ms since the epoch.
+    pub blocked_at: i64,
+}
+
+/// `200` from `GET /api/v1/blocks`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockList {
+    /// Most recent first.
+    pub blocks: Vec<BlockView>,
+}
+
 /// `201` from `POST /api/v1/users`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

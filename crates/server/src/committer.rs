@@ -200,6 +200,15 @@ fn dispatch(
                 ));
             }
         }
+        WriteOutcome::Blocked => {
+            if let Some(origin) = origin {
+                origin.push(error_frame(
+                    ErrorCode::Blocked,
+                    "one of you blocks the other; nothing was stored",
+                    client_msg_id,
+                ));
+            }
+        }
         WriteOutcome::Delivered(messages) => {
             for m in messages {
                 metrics.messages_delivered.inc();

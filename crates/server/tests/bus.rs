@@ -129,6 +129,7 @@ async fn every_kind_of_payload_arrives_whole_on_its_topic() {
             },
         ),
         (Topic::Presence(user), Payload::Visibility),
+        (Topic::User(user), Payload::Blocks),
         (
             Topic::Nodes,
             Payload::NodeLeft {

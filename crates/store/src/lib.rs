@@ -98,6 +98,13 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Applies `patch` to the settings of `user`; the settings now, or
     /// `None` if there is no such (live) user.
     async fn update_settings(&self, user: UserId, patch: SettingsPatch) -> StoreResult<Option<Settings>>;
+    /// Makes `blocker` block `blocked` (`at`: since then) or stop blocking
+    /// them (`None`); idempotent. `false` if `blocked` is no (live) user.
+    async fn set_block(&self, blocker: UserId, blocked: UserId, at: Option<i64>) -> StoreResult<bool>;
+    /// The users `user` blocks, most recent first.
+    async fn blocks_of(&self, user: UserId) -> StoreResult<Vec<BlockView>>;
+    /// Whether either of `a` and `b` blocks the other.
+    async fn blocked_between(&self, a: UserId, b: UserId) -> StoreResult<bool>;
     /// Whether `a` and `b` share a conversation (are contacts).
     async fn shares_conversation(&self, a: UserId, b: UserId) -> StoreResult<bool>;
     /// Records when sessions were last used.

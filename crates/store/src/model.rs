@@ -24,7 +24,7 @@ pub struct UserRecord {
 }
 
 pub use dyad_protocol::SessionId;
-pub use dyad_protocol::rest::{PresenceVisibility, Settings, SettingsPatch};
+pub use dyad_protocol::rest::{BlockView, PresenceVisibility, Settings, SettingsPatch};
 
 /// A live session, as its user sees it in their list of devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +141,8 @@ pub enum WriteOutcome {
     },
     /// The recipient does not exist; nothing was stored.
     UnknownRecipient,
+    /// One of the two blocks the other; nothing was stored.
+    Blocked,
     /// Messages that this operation turned from sent to delivered.
     Delivered(Vec<DeliveredMessage>),
 }

@@ -253,6 +253,103 @@ async fn settings_start_at_their_defaults_and_change_field_by_field() {
 }
 
 #[tokio::test]
+async fn a_block_stops_sends_both_ways_until_it_is_lifted() {
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let ids = users(s, &["alice", "bob", "carol"]).await;
+        let (alice, bob, carol) = (ids[0], ids[1], ids[2]);
+        let first = s
+            .write_batch(vec![send(alice, bob, "before", Some("k1"))], 10)
+            .await
+            .unwrap();
+        let (before, _) = stored(&first[0]);
+        let before = before.clone();
+
+        assert!(s.set_block(bob, alice, Some(100)).await.unwrap(), "{driver}");
+        assert!(
+            s.set_block(bob, alice, Some(200)).await.unwrap(),
+            "{driver}: again, no change"
+        );
+        assert!(
+            s.set_block(bob, carol, Some(150)).await.unwrap(),
+            "{driver}: a stranger"
+        );
+        assert!(
+            !s.set_block(bob, UserId(4242), Some(1)).await.unwrap(),
+            "{driver}: nobody"
+        );
+        assert!(!s.set_block(bob, bob, Some(1)).await.unwrap(), "{driver}: oneself");
+        let listed: Vec<_> = s
+            .blocks_of(bob)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.user_id, b.username, b.blocked_at))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(carol, "carol".to_owned(), 150), (alice, "alice".to_owned(), 100)],
+            "{driver}: newest first, first time kept"
+        );
+        assert!(s.blocks_of(alice).await.unwrap().is_empty(), "{driver}: one-sided");
+        assert!(s.blocked_between(alice, bob).await.unwrap() && s.blocked_between(bob, alice).await.unwrap());
+        assert!(
+            !s.shares_conversation(bob, carol).await.unwrap(),
+            "{driver}: a block makes no contact"
+        );
+
+        let outcomes = s
+            .write_batch(
+                vec![
+                    send(alice, bob, "blocked", Some("k2")),
+                    send(bob, alice, "blocked too", None),
+                    send(alice, bob, "before", Some("k1")),
+                    send(alice, carol, "unrelated", None),
+                ],
+                300,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcomes[0], WriteOutcome::Blocked),
+            "{driver}: {:?}",
+            outcomes[0]
+        );
+        assert!(
+            matches!(outcomes[1], WriteOutcome::Blocked),
+            "{driver}: the blocker too"
+        );
+        let (retry, duplicate) = stored(&outcomes[2]);
+        assert!(
+            duplicate && retry.id == before.id,
+            "{driver}: a retry of what was stored before"
+        );
+        assert!(matches!(outcomes[3], WriteOutcome::Stored { .. }), "{driver}");
+        assert_eq!(
+            s.history(
+                alice,
+                bob,
+                PageRequest::Before {
+                    before: None,
+                    limit: 50
+                }
+            )
+            .await
+            .unwrap()
+            .messages
+            .len(),
+            1,
+            "{driver}"
+        );
+
+        assert!(s.set_block(bob, alice, None).await.unwrap(), "{driver}");
+        assert!(!s.blocked_between(alice, bob).await.unwrap(), "{driver}");
+        let after = s.write_batch(vec![send(alice, bob, "after", None)], 400).await.unwrap();
+        assert_eq!(stored(&after[0]).0.seq, 2, "{driver}: the conversation goes on");
+    }
+}
+
+#[tokio::test]
 async fn users_are_unique_by_name_and_found_by_name_and_id() {
     for (driver, fresh) in drivers().await {
         let s = &*fresh.store;

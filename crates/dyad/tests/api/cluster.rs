@@ -277,6 +277,42 @@ async fn a_presence_setting_holds_for_watchers_on_other_nodes() {
     }
 }
 
+/// A block made on one node holds for a connection on another: its send is
+/// refused, its typing not relayed, and presence is hidden.
+#[tokio::test]
+async fn a_block_holds_between_users_on_different_nodes() {
+    let nodes = nodes(2, &redis_url()).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (alice, carol) = (a.user("alice").await, a.user("carol").await);
+    let bob = b.user("bob").await;
+    let mut bob_b = watching(&bob, alice.id).await;
+    let mut alice_a = alice.connect().await;
+    assert_eq!(bob_b.expect_presence().await.status, PresenceStatus::Online);
+    // Alice's connection has typed to Bob before: it knows he exists.
+    let typing = ClientEvent::Typing { recipient_id: bob.id };
+    alice_a.0.send(&typing).await.unwrap();
+    assert!(matches!(bob_b.next().await, ServerEvent::Typing { sender_id } if sender_id == alice.id));
+
+    bob.client.block(alice.id).await.unwrap();
+    let hidden = bob_b.expect_presence().await;
+    assert_eq!((hidden.status, hidden.last_seen), (PresenceStatus::Offline, None));
+    // Node A heard of the block: Alice's typing goes nowhere and her send
+    // is refused.
+    alice_a.0.send(&typing).await.unwrap();
+    alice_a.send(bob.id, "let me explain", Some("k1")).await;
+    alice_a.expect_error(ErrorCode::Blocked).await;
+    // Carol's message leaves node A after Alice's typing would have: Bob
+    // gets it first, so nothing came before it.
+    let mut carol_a = carol.connect().await;
+    let sent = carol_a.send_and_ack(bob.id, "hello from carol", "k2").await;
+    assert_eq!(bob_b.expect_message().await.message_id, sent.message_id);
+    let status = via(&alice, &a.base).client.status(bob.id).await.unwrap();
+    assert_eq!((status.status, status.last_seen), (PresenceStatus::Offline, None));
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 /// What one connection saw of the conversation: each `seq` in order, and
 /// which of them were its own sends (acks).
 #[derive(Default)]

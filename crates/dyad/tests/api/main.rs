@@ -7,6 +7,7 @@ mod abuse;
 mod accounts;
 mod admin;
 mod bench;
+mod blocks;
 mod browser;
 mod cluster;
 mod crash;

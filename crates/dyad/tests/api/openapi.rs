@@ -29,6 +29,8 @@ async fn the_document_names_every_route_and_each_4xx_has_the_error_body() {
     assert_eq!(
         names,
         [
+            "/api/v1/blocks",
+            "/api/v1/blocks/{user_id}",
             "/api/v1/conversations",
             "/api/v1/messages/{user_id}",
             "/api/v1/sessions",

@@ -44,9 +44,12 @@ pub enum Payload {
         /// The `presence` frame for watchers.
         frame: Frame,
     },
-    /// Who may see the channel's user changed (their settings): watchers
-    /// are to be checked again.
+    /// Who may see the channel's user changed (their settings, or a
+    /// block): watchers are to be checked again.
     Visibility,
+    /// The channel's user blocked or unblocked someone, or was: their
+    /// connections are to look up whom they may type to again.
+    Blocks,
     /// A node stopped cleanly; its users not connected elsewhere expire
     /// after `grace`.
     NodeLeft {
@@ -85,6 +88,7 @@ impl Payload {
             Payload::Presence { online, frame } => format!("{}\t{}\t{}", head('p'), u8::from(*online), frame.as_str()),
             Payload::NodeLeft { grace } => format!("{}\t{}", head('l'), grace.as_millis()),
             Payload::Visibility => head('v'),
+            Payload::Blocks => head('b'),
         }
     }
 
@@ -121,6 +125,7 @@ impl Payload {
                 }
             }
             "v" => Payload::Visibility,
+            "b" => Payload::Blocks,
             "l" => Payload::NodeLeft {
                 grace: Duration::from_millis(rest.parse().ok()?),
             },
@@ -184,6 +189,7 @@ mod tests {
                 grace: Duration::from_millis(30_000),
             },
             Payload::Visibility,
+            Payload::Blocks,
         ];
         for payload in all {
             let text = payload.encode("node-a/42");

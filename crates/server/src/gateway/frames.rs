@@ -169,12 +169,14 @@ pub(super) fn refuse(app: &App, peer: &Peer, code: ErrorCode, why: String, clien
 
 /// Typing relays per connection: a burst of 10, then 5 a second; the rest
 /// are dropped without a word (typing is ephemeral). A few recipients found
-/// to exist are remembered, so that typing to someone with no connection on
-/// this node (on a cluster: anyone elsewhere) costs one store read, not one
-/// per frame.
+/// to exist, and not blocked either way, are remembered, so that typing
+/// costs store reads once per recipient, not per frame; a block made or
+/// lifted since (the connection's blocks epoch) makes them be looked up
+/// again.
 pub(super) struct Typing {
     budget: Bucket,
     known: Vec<UserId>,
+    epoch: u64,
 }
 
 const TYPING_BURST: f64 = 10.0;
@@ -187,6 +189,7 @@ impl Typing {
         Typing {
             budget: Bucket::full(TYPING_BURST, Instant::now()),
             known: Vec::new(),
+            epoch: 0,
         }
     }
 
@@ -196,27 +199,36 @@ impl Typing {
             .is_ok()
     }
 
-    /// Relays a typing frame to `recipient`, or refuses it if there is no
-    /// such user.
+    /// Relays a typing frame to `recipient`; refuses it if there is no such
+    /// user, and drops it if either blocks the other.
     async fn relay(&mut self, app: &App, peer: &Peer, recipient: UserId) {
         if !self.allow() || recipient == peer.user_id {
             return;
         }
+        let epoch = peer.blocks_epoch();
+        if epoch != self.epoch {
+            self.known.clear();
+            self.epoch = epoch;
+        }
+        if !self.known.contains(&recipient) {
+            match app.store.user_by_id(recipient).await {
+                Ok(Some(user)) if user.deleted_at.is_none() => {}
+                Ok(_) => return refuse(app, peer, ErrorCode::UnknownRecipient, "no such recipient".into(), None),
+                Err(e) => return tracing::debug!(error = %e, "typing: recipient lookup failed"),
+            }
+            match app.store.blocked_between(peer.user_id, recipient).await {
+                Ok(false) => {}
+                Ok(true) => return,
+                Err(e) => return tracing::debug!(error = %e, "typing: block lookup failed"),
+            }
+            if self.known.len() == KNOWN_RECIPIENTS {
+                self.known.remove(0);
+            }
+            self.known.push(recipient);
+        }
         let frame = encode(&ServerEvent::Typing {
             sender_id: peer.user_id,
         });
-        if app.hub.relay(recipient, &frame) || self.known.contains(&recipient) {
-            return;
-        }
-        match app.store.user_by_id(recipient).await {
-            Ok(Some(user)) if user.deleted_at.is_none() => {
-                if self.known.len() == KNOWN_RECIPIENTS {
-                    self.known.remove(0);
-                }
-                self.known.push(recipient);
-            }
-            Ok(_) => refuse(app, peer, ErrorCode::UnknownRecipient, "no such recipient".into(), None),
-            Err(e) => tracing::debug!(error = %e, "typing: recipient lookup failed"),
-        }
+        app.hub.relay(recipient, &frame);
     }
 }

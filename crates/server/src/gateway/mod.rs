@@ -45,6 +45,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .routes(routes!(rest::revoke_session))
         .routes(routes!(rest::change_password))
         .routes(routes!(rest::settings, rest::update_settings))
+        .routes(routes!(rest::block, rest::unblock))
+        .routes(routes!(rest::blocks))
         .routes(routes!(rest::delete_account))
         .routes(routes!(rest::user_by_username))
         .routes(routes!(rest::user_status))

@@ -11,8 +11,8 @@ use dyad_protocol::SessionId;
 use dyad_protocol::UserId;
 use dyad_protocol::events::PresenceView;
 use dyad_protocol::rest::{
-    ConversationList, ConversationView, Credentials, ErrorBody, HistoryPage, PasswordChange, PasswordConfirmation,
-    SessionCreated, SessionList, Settings, SettingsPatch, UserCreated, UserSummary,
+    BlockList, ConversationList, ConversationView, Credentials, ErrorBody, HistoryPage, PasswordChange,
+    PasswordConfirmation, SessionCreated, SessionList, Settings, SettingsPatch, UserCreated, UserSummary,
 };
 use dyad_store::PageRequest;
 
@@ -181,6 +181,65 @@ pub(crate) async fn update_settings(
         app.hub.visibility_changed(session.user_id);
     }
     Ok(Json(settings))
+}
+
+/// `PUT /api/v1/blocks/{user_id}`: block a user.
+#[utoipa::path(put, path = "/api/v1/blocks/{user_id}", tag = "users", security(("bearer" = [])),
+    params(("user_id" = String, Path)),
+    responses(
+        (status = 204, description = "Blocked (again, if already): neither can send to the other, typing is not \
+            relayed, and each sees the other offline"),
+        (status = 400, description = "`invalid_parameter`: yourself", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`user_not_found`", body = ErrorBody),
+    ))]
+pub(crate) async fn block(
+    State(app): State<Arc<App>>,
+    Authed(session): Authed,
+    Path(user_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_block(&app, session.user_id, &user_id, Some(crate::clock::now_ms())).await
+}
+
+/// `DELETE /api/v1/blocks/{user_id}`: stop blocking a user.
+#[utoipa::path(delete, path = "/api/v1/blocks/{user_id}", tag = "users", security(("bearer" = [])),
+    params(("user_id" = String, Path)),
+    responses(
+        (status = 204, description = "Not blocked (any more)"),
+        (status = 400, description = "`invalid_parameter`: yourself", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`user_not_found`", body = ErrorBody),
+    ))]
+pub(crate) async fn unblock(
+    State(app): State<Arc<App>>,
+    Authed(session): Authed,
+    Path(user_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_block(&app, session.user_id, &user_id, None).await
+}
+
+async fn set_block(app: &Arc<App>, me: UserId, other: &str, at: Option<i64>) -> Result<StatusCode, ApiError> {
+    let other = other.parse::<UserId>().map_err(|_| ApiError::UserNotFound)?;
+    if other == me {
+        return Err(ApiError::InvalidParameter("you cannot block yourself".into()));
+    }
+    if !app.store.set_block(me, other, at).await? {
+        return Err(ApiError::UserNotFound);
+    }
+    app.hub.blocks_changed(me, other);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/blocks`: the users the caller blocks.
+#[utoipa::path(get, path = "/api/v1/blocks", tag = "users", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Most recent first", body = BlockList),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ))]
+pub(crate) async fn blocks(State(app): State<Arc<App>>, Authed(session): Authed) -> Result<Json<BlockList>, ApiError> {
+    Ok(Json(BlockList {
+        blocks: app.store.blocks_of(session.user_id).await?,
+    }))
 }
 
 /// `DELETE /api/v1/users/me`: delete the caller's account.

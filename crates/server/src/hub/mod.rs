@@ -225,6 +225,23 @@ impl Hub {
             .collect()
     }
 
+    /// `a` blocked or unblocked `b`: on every node, their connections look
+    /// up whom they may type to again, and watchers of either are checked
+    /// again (a block hides each from the other).
+    pub fn blocks_changed(self: &Arc<Self>, a: UserId, b: UserId) {
+        for user in [a, b] {
+            self.bus.publish(Topic::User(user), Payload::Blocks);
+            self.blocks_changed_here(user);
+            self.visibility_changed(user);
+        }
+    }
+
+    fn blocks_changed_here(&self, user: UserId) {
+        if let Some(entry) = self.users.get(&user) {
+            entry.peers.iter().for_each(|p| p.blocks_changed());
+        }
+    }
+
     /// Tells every connection to stop reading frames (first step of shutdown).
     pub fn stop_reading_all(&self) {
         for entry in self.users.iter() {
@@ -251,6 +268,7 @@ impl Hub {
             (Topic::Presence(user), Payload::Presence { online, frame }) => self.announce_here(user, online, &frame),
             (Topic::Nodes, Payload::NodeLeft { grace }) => self.check_watched_after(grace),
             (Topic::Presence(user), Payload::Visibility) => self.recheck_watchers_of(user),
+            (Topic::User(user), Payload::Blocks) => self.blocks_changed_here(user),
             // A payload on a topic it does not belong on.
             _ => {}
         }

@@ -2,6 +2,7 @@
 //! it may be closed for.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use dyad_protocol::{ConnectionId, UserId};
@@ -102,6 +103,9 @@ pub struct Peer {
     /// token shared by every connection would be a lock they all contend on.
     stop_reading: CancellationToken,
     close_reason: OnceLock<CloseReason>,
+    /// Bumped when a block of its user, or by its user, changed: whom it
+    /// may type to must be looked up again.
+    blocks_epoch: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -125,6 +129,7 @@ impl Peer {
             closing: CancellationToken::new(),
             stop_reading: CancellationToken::new(),
             close_reason: OnceLock::new(),
+            blocks_epoch: AtomicU64::new(0),
             metrics,
         }
     }
@@ -175,8 +180,20 @@ impl Peer {
         self.close_reason.get().copied()
     }
 
+    /// Changes whenever a block of its user, or by its user, changed.
+    pub fn blocks_epoch(&self) -> u64 {
+        self.blocks_epoch.load(Ordering::Relaxed)
+    }
+
     /// Whether some of its sends still wait for their ack.
     pub fn sending(&self) -> bool {
         self.sends_in_flight.available_permits() < self.max_in_flight
+    }
+}
+
+impl Peer {
+    /// A block of its user, or by its user, changed.
+    pub(super) fn blocks_changed(&self) {
+        self.blocks_epoch.fetch_add(1, Ordering::Relaxed);
     }
 }

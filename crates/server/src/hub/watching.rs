@@ -104,9 +104,13 @@ impl Hub {
     }
 
     /// Whether `viewer` may see `user`'s presence: their setting, and for
-    /// `contacts` a conversation between them. A deleted account shows none.
+    /// `contacts` a conversation between them; never while either blocks
+    /// the other. A deleted account shows none.
     pub async fn visible_to(&self, viewer: UserId, user: &UserRecord) -> StoreResult<bool> {
         if user.deleted_at.is_some() {
+            return Ok(false);
+        }
+        if viewer != user.id && self.store.blocked_between(viewer, user.id).await? {
             return Ok(false);
         }
         Ok(match user.settings.presence {

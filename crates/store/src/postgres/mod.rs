@@ -22,9 +22,9 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    ConversationSummary, MessageStore, NewSession, Page, PageRequest, PresenceVisibility, ProvisionedAccount,
-    SessionId, SessionInfo, SessionRecord, Settings, SettingsPatch, StoreError, StoreResult, StoredMessage, TokenHash,
-    UserRecord, WriteOp, WriteOutcome,
+    BlockView, ConversationSummary, MessageStore, NewSession, Page, PageRequest, PresenceVisibility,
+    ProvisionedAccount, SessionId, SessionInfo, SessionRecord, Settings, SettingsPatch, StoreError, StoreResult,
+    StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
 };
 
 /// The columns `message` reads, in its order, from `messages m` joined with
@@ -186,6 +186,11 @@ fn user(row: &PgRow, ids: IdCipher) -> sqlx::Result<UserRecord> {
             presence: PresenceVisibility::from_stored(row.try_get::<&str, _>(7)?),
         },
     })
+}
+
+/// Every row through `read`, or the first error.
+fn each_row<T>(rows: &[PgRow], read: impl Fn(&PgRow) -> sqlx::Result<T>) -> StoreResult<Vec<T>> {
+    rows.iter().map(read).collect::<sqlx::Result<_>>().map_err(backend)
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -400,16 +405,13 @@ impl MessageStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok(SessionInfo {
-                    id: self.ids.session(r.try_get(0)?),
-                    created_at: r.try_get(1)?,
-                    last_used_at: r.try_get(2)?,
-                })
+        each_row(&rows, |r| {
+            Ok(SessionInfo {
+                id: self.ids.session(r.try_get(0)?),
+                created_at: r.try_get(1)?,
+                last_used_at: r.try_get(2)?,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(backend)
+        })
     }
 
     async fn revoke_session_of(&self, user: UserId, session: SessionId, now: i64) -> StoreResult<bool> {
@@ -472,14 +474,96 @@ impl MessageStore for PostgresStore {
         .map_err(|e: sqlx::Error| backend(e))
     }
 
-    async fn shares_conversation(&self, a: UserId, b: UserId) -> StoreResult<bool> {
-        let (a, b) = (self.ids.user_row(a), self.ids.user_row(b));
-        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM conversations WHERE user_lo = $1 AND user_hi = $2")
-            .bind(a.min(b))
-            .bind(a.max(b))
-            .fetch_optional(&self.pool)
+    async fn set_block(&self, blocker: UserId, blocked: UserId, at: Option<i64>) -> StoreResult<bool> {
+        let (blocker, blocked) = (self.ids.user_row(blocker), self.ids.user_row(blocked));
+        if blocker == blocked {
+            return Ok(false);
+        }
+        let (lo, hi) = (blocker.min(blocked), blocker.max(blocked));
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL")
+            .bind(blocked)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(backend)?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO conversations (user_lo, user_hi) VALUES ($1, $2) ON CONFLICT (user_lo, user_hi) DO NOTHING",
+        )
+        .bind(lo)
+        .bind(hi)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        // Takes the row lock a batch takes: a send and a block of one pair
+        // happen one after the other. A repeated block keeps its first time.
+        let update = if blocker == lo {
+            "UPDATE conversations SET lo_blocked_at = CASE WHEN $3::int8 IS NULL THEN NULL ELSE COALESCE(lo_blocked_at, $3) END
+             WHERE user_lo = $1 AND user_hi = $2"
+        } else {
+            "UPDATE conversations SET hi_blocked_at = CASE WHEN $3::int8 IS NULL THEN NULL ELSE COALESCE(hi_blocked_at, $3) END
+             WHERE user_lo = $1 AND user_hi = $2"
+        };
+        sqlx::query(update)
+            .bind(lo)
+            .bind(hi)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn blocks_of(&self, user: UserId) -> StoreResult<Vec<BlockView>> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.username, b.at FROM (
+                 SELECT user_hi AS other, lo_blocked_at AS at FROM conversations
+                 WHERE user_lo = $1 AND lo_blocked_at IS NOT NULL
+                 UNION ALL
+                 SELECT user_lo, hi_blocked_at FROM conversations
+                 WHERE user_hi = $1 AND hi_blocked_at IS NOT NULL) AS b
+             JOIN users u ON u.id = b.other
+             ORDER BY b.at DESC, u.id",
+        )
+        .bind(self.ids.user_row(user))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        each_row(&rows, |r| {
+            Ok(BlockView {
+                user_id: self.ids.user(r.try_get(0)?),
+                username: r.try_get(1)?,
+                blocked_at: r.try_get(2)?,
+            })
+        })
+    }
+
+    async fn blocked_between(&self, a: UserId, b: UserId) -> StoreResult<bool> {
+        let (a, b) = (self.ids.user_row(a), self.ids.user_row(b));
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM conversations WHERE user_lo = $1 AND user_hi = $2
+               AND (lo_blocked_at IS NOT NULL OR hi_blocked_at IS NOT NULL)",
+        )
+        .bind(a.min(b))
+        .bind(a.max(b))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(found.is_some())
+    }
+
+    async fn shares_conversation(&self, a: UserId, b: UserId) -> StoreResult<bool> {
+        let (a, b) = (self.ids.user_row(a), self.ids.user_row(b));
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM conversations WHERE user_lo = $1 AND user_hi = $2 AND last_seq > 0")
+                .bind(a.min(b))
+                .bind(a.max(b))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
         Ok(found.is_some())
     }
 
@@ -518,11 +602,7 @@ impl MessageStore for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        let mut messages = rows
-            .iter()
-            .map(|r| message(r, self.ids))
-            .collect::<sqlx::Result<Vec<_>>>()
-            .map_err(backend)?;
+        let mut messages = each_row(&rows, |r| message(r, self.ids))?;
         let has_more = messages.len() > n;
         messages.truncate(n);
         Ok(Page { messages, has_more })
@@ -542,10 +622,7 @@ impl MessageStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(|r| message(r, self.ids))
-            .collect::<sqlx::Result<_>>()
-            .map_err(backend)
+        each_row(&rows, |r| message(r, self.ids))
     }
 
     async fn conversations(&self, user: UserId, n: usize) -> StoreResult<Vec<ConversationSummary>> {
@@ -566,16 +643,13 @@ impl MessageStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok(ConversationSummary {
-                    peer_id: self.ids.user(r.try_get(0)?),
-                    peer_username: r.try_get(1)?,
-                    last_message: message_at(r, 2, self.ids)?,
-                })
+        each_row(&rows, |r| {
+            Ok(ConversationSummary {
+                peer_id: self.ids.user(r.try_get(0)?),
+                peer_username: r.try_get(1)?,
+                last_message: message_at(r, 2, self.ids)?,
             })
-            .collect::<sqlx::Result<_>>()
-            .map_err(backend)
+        })
     }
 
     async fn conversation_marks(&self, user: UserId) -> StoreResult<Vec<(UserId, i64)>> {
@@ -588,10 +662,7 @@ impl MessageStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(|r| Ok((self.ids.user(r.try_get(0)?), r.try_get(1)?)))
-            .collect::<sqlx::Result<_>>()
-            .map_err(backend)
+        each_row(&rows, |r| Ok((self.ids.user(r.try_get(0)?), r.try_get(1)?)))
     }
 
     async fn ping(&self) -> StoreResult<()> {

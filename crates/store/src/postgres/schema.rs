@@ -96,6 +96,13 @@ CREATE INDEX sessions_by_user ON sessions (user_id);
 ALTER TABLE users ADD COLUMN read_receipts boolean NOT NULL DEFAULT true;
 ALTER TABLE users ADD COLUMN presence_visibility text NOT NULL DEFAULT 'everyone';
 "#,
+    r#"
+-- Blocks live on the pair's conversation row (made, without messages, for
+-- a block between strangers): the row a batch locks anyway. Each side's
+-- time of blocking the other, or NULL.
+ALTER TABLE conversations ADD COLUMN lo_blocked_at bigint;
+ALTER TABLE conversations ADD COLUMN hi_blocked_at bigint;
+"#,
 ];
 
 /// Brings the database up to the newest schema.

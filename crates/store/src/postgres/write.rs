@@ -31,6 +31,8 @@ struct Head {
     last_seq: i64,
     last_ts: i64,
     last_message_id: i64,
+    /// Either user blocks the other.
+    blocked: bool,
 }
 
 pub(super) async fn write_batch(
@@ -205,6 +207,12 @@ async fn store_sends(
         let head = heads
             .get_mut(&key)
             .ok_or_else(|| sqlx::Error::Protocol("conversation not locked".into()))?;
+        // After the retry check: a message stored before the block is still
+        // answered as stored.
+        if head.blocked {
+            outcomes.push(WriteOutcome::Blocked);
+            continue;
+        }
         let id = fresh
             .next()
             .ok_or_else(|| sqlx::Error::Protocol("too few message ids".into()))?;
@@ -247,7 +255,8 @@ async fn lock(conn: &mut PgConnection, pairs: &[(i64, i64)]) -> sqlx::Result<Has
     }
     let (los, his): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
     let rows = sqlx::query(
-        "SELECT c.id, c.user_lo, c.user_hi, c.last_seq, c.last_ts, c.last_message_id FROM conversations c
+        "SELECT c.id, c.user_lo, c.user_hi, c.last_seq, c.last_ts, c.last_message_id,
+                c.lo_blocked_at IS NOT NULL OR c.hi_blocked_at IS NOT NULL FROM conversations c
          WHERE (c.user_lo, c.user_hi) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))
            AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id IN (c.user_lo, c.user_hi) AND u.deleted_at IS NOT NULL)
          ORDER BY c.id FOR UPDATE OF c",
@@ -262,6 +271,7 @@ async fn lock(conn: &mut PgConnection, pairs: &[(i64, i64)]) -> sqlx::Result<Has
             last_seq: row.try_get(3)?,
             last_ts: row.try_get(4)?,
             last_message_id: row.try_get(5)?,
+            blocked: row.try_get(6)?,
         };
         heads.insert((row.try_get(1)?, row.try_get(2)?), head);
     }

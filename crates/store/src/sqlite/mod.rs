@@ -25,9 +25,9 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::backend;
 use crate::ids::IdCipher;
 use crate::{
-    ConversationSummary, MessageStore, NewSession, Page, PageRequest, PresenceVisibility, ProvisionedAccount,
-    SessionId, SessionInfo, SessionRecord, Settings, SettingsPatch, StoreError, StoreResult, StoredMessage, TokenHash,
-    UserRecord, WriteOp, WriteOutcome,
+    BlockView, ConversationSummary, MessageStore, NewSession, Page, PageRequest, PresenceVisibility,
+    ProvisionedAccount, SessionId, SessionInfo, SessionRecord, Settings, SettingsPatch, StoreError, StoreResult,
+    StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
 };
 use rows::user_columns;
 use writer::{Job, Writer};
@@ -515,11 +515,57 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn set_block(&self, blocker: UserId, blocked: UserId, at: Option<i64>) -> StoreResult<bool> {
+        self.write(move |w| {
+            let (blocker, blocked) = (w.ids.user_row(blocker), w.ids.user_row(blocked));
+            w.set_block(blocker, blocked, at)
+        })
+        .await
+    }
+
+    async fn blocks_of(&self, user: UserId) -> StoreResult<Vec<BlockView>> {
+        let (row, ids) = (self.ids.user_row(user), self.ids);
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT u.id, u.username, b.at FROM (
+                     SELECT user_hi AS other, lo_blocked_at AS at FROM conversations
+                     WHERE user_lo = ?1 AND lo_blocked_at IS NOT NULL
+                     UNION ALL
+                     SELECT user_lo, hi_blocked_at FROM conversations
+                     WHERE user_hi = ?1 AND hi_blocked_at IS NOT NULL) AS b
+                 JOIN users u ON u.id = b.other
+                 ORDER BY b.at DESC, u.id",
+            )?
+            .query_map([row], |r| {
+                Ok(BlockView {
+                    user_id: ids.user(r.get(0)?),
+                    username: r.get(1)?,
+                    blocked_at: r.get(2)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn blocked_between(&self, a: UserId, b: UserId) -> StoreResult<bool> {
+        let (a, b) = (self.ids.user_row(a), self.ids.user_row(b));
+        let (lo, hi) = (a.min(b), a.max(b));
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT 1 FROM conversations WHERE user_lo = ?1 AND user_hi = ?2
+                   AND (lo_blocked_at IS NOT NULL OR hi_blocked_at IS NOT NULL)",
+            )?
+            .exists(params![lo, hi])
+        })
+        .await
+    }
+
     async fn shares_conversation(&self, a: UserId, b: UserId) -> StoreResult<bool> {
         let (a, b) = (self.ids.user_row(a), self.ids.user_row(b));
         let (lo, hi) = (a.min(b), a.max(b));
         self.read(move |c| {
-            c.prepare_cached("SELECT 1 FROM conversations WHERE user_lo = ?1 AND user_hi = ?2")?
+            c.prepare_cached("SELECT 1 FROM conversations WHERE user_lo = ?1 AND user_hi = ?2 AND last_seq > 0")?
                 .exists(params![lo, hi])
         })
         .await

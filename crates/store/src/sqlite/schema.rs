@@ -87,6 +87,13 @@ CREATE INDEX sessions_by_user ON sessions (user_id);
 ALTER TABLE users ADD COLUMN read_receipts INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE users ADD COLUMN presence_visibility TEXT NOT NULL DEFAULT 'everyone';
 "#,
+    r#"
+-- Blocks live on the pair's conversation row (made, without messages, for
+-- a block between strangers): the row a send reads anyway. Each side's
+-- time of blocking the other, or NULL.
+ALTER TABLE conversations ADD COLUMN lo_blocked_at INTEGER;
+ALTER TABLE conversations ADD COLUMN hi_blocked_at INTEGER;
+"#,
 ];
 
 /// Fills `client_key` for rows written before it existed (step 2).

@@ -25,6 +25,8 @@ struct ConversationHead {
     last_seq: i64,
     last_ts: i64,
     last_message_id: i64,
+    /// Either user blocks the other.
+    blocked: bool,
 }
 
 /// State owned by the writer thread.
@@ -110,6 +112,44 @@ impl Writer {
         Ok(outcomes)
     }
 
+    /// Sets or clears `blocker`'s block of `blocked` (rows) on their
+    /// conversation, made if needed; false if `blocked` is no live user.
+    pub(super) fn set_block(&mut self, blocker: i64, blocked: i64, at: Option<i64>) -> StoreResult<bool> {
+        let (lo, hi) = (blocker.min(blocked), blocker.max(blocked));
+        let tx = self.conn.transaction().map_err(crate::backend)?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM users WHERE id = ?1 AND deleted_at IS NULL",
+                [blocked],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(crate::backend)?
+            .is_some();
+        if !exists || blocker == blocked {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO conversations (user_lo, user_hi, last_seq, last_ts, last_message_id) VALUES (?1, ?2, 0, 0, 0)
+             ON CONFLICT (user_lo, user_hi) DO NOTHING",
+            params![lo, hi],
+        )
+        .map_err(crate::backend)?;
+        // A repeated block keeps its first time.
+        let update = if blocker == lo {
+            "UPDATE conversations SET lo_blocked_at = CASE WHEN ?3 IS NULL THEN NULL ELSE COALESCE(lo_blocked_at, ?3) END
+             WHERE user_lo = ?1 AND user_hi = ?2"
+        } else {
+            "UPDATE conversations SET hi_blocked_at = CASE WHEN ?3 IS NULL THEN NULL ELSE COALESCE(hi_blocked_at, ?3) END
+             WHERE user_lo = ?1 AND user_hi = ?2"
+        };
+        tx.execute(update, params![lo, hi, at]).map_err(crate::backend)?;
+        tx.commit().map_err(crate::backend)?;
+        // Read again at the pair's next send.
+        self.heads.remove(&(lo, hi));
+        Ok(true)
+    }
+
     /// Forgets the cached counters of every conversation of user `row`, so
     /// that its next send looks the recipient up again.
     pub(super) fn forget_conversations_of(&mut self, row: i64) {
@@ -158,6 +198,12 @@ fn send(
             });
         }
     }
+    // After the retry check: a message stored before the block is still
+    // answered as stored.
+    if head.blocked {
+        heads.insert(conversation, head);
+        return Ok(WriteOutcome::Blocked);
+    }
     let seq = head.last_seq + 1;
     let ts = now.max(head.last_ts + 1);
     tx.prepare_cached(
@@ -204,7 +250,9 @@ fn conversation_head(
 ) -> rusqlite::Result<Option<ConversationHead>> {
     let found = tx
         .prepare_cached(
-            "SELECT id, last_seq, last_ts, last_message_id FROM conversations WHERE user_lo = ?1 AND user_hi = ?2",
+            "SELECT id, last_seq, last_ts, last_message_id,
+                    lo_blocked_at IS NOT NULL OR hi_blocked_at IS NOT NULL
+             FROM conversations WHERE user_lo = ?1 AND user_hi = ?2",
         )?
         .query_row(params![lo, hi], |r| {
             Ok(ConversationHead {
@@ -212,6 +260,7 @@ fn conversation_head(
                 last_seq: r.get(1)?,
                 last_ts: r.get(2)?,
                 last_message_id: r.get(3)?,
+                blocked: r.get(4)?,
             })
         })
         .optional()?;
@@ -232,6 +281,7 @@ fn conversation_head(
         last_seq: 0,
         last_ts: 0,
         last_message_id: 0,
+        blocked: false,
     }))
 }
 
