@@ -14,11 +14,12 @@ const TYPING_SEND_EVERY_MS = 2000;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30000;
 // Codes after which resending the same message can never succeed.
-const FINAL_ERRORS = new Set(["empty_message", "message_too_long", "unknown_recipient", "invalid_payload", "frame_too_large"]);
+const FINAL_ERRORS = new Set(["empty_message", "message_too_long", "unknown_recipient", "invalid_payload", "frame_too_large", "blocked"]);
 
 const $ = (id) => document.getElementById(id);
 
 const state = {
+  blocked: new Set(), // user ids this user blocks
   session: null, // {token, user_id, username, expires_at}
   ws: null,
   link: "offline", // offline | connecting | online
@@ -466,8 +467,30 @@ function setLastMessage(peer, message) {
   if (!peer.last_message || peer.last_message.seq <= message.seq) peer.last_message = message;
 }
 
+/** The users this user blocks, for the chat header's button. */
+async function refreshBlocks() {
+  try {
+    const { blocks } = await api("GET", "/blocks");
+    state.blocked = new Set(blocks.map((b) => b.user_id));
+    render();
+  } catch (_) { /* offline: the next connect refreshes */ }
+}
+
+async function toggleBlock() {
+  const peerId = state.open;
+  if (!peerId) return;
+  const blocking = !state.blocked.has(peerId);
+  try {
+    await api(blocking ? "PUT" : "DELETE", `/blocks/${encodeURIComponent(peerId)}`);
+    if (blocking) state.blocked.add(peerId);
+    else state.blocked.delete(peerId);
+    render();
+  } catch (_) { /* offline: nothing changed */ }
+}
+
 async function refreshConversations() {
   if (!state.session) return;
+  refreshBlocks();
   try {
     const { conversations } = await api("GET", "/conversations");
     // The last message is for the list only: kept out of the chat, so that
@@ -687,6 +710,11 @@ function renderChat(stickToBottom, keepPosition) {
   $("peer-presence").textContent = state.link === "online" ? presenceText(peer.presence) : "connecting…";
   $("offline-banner").hidden = state.link === "online";
   $("typing").hidden = !(peer.typingUntil > Date.now());
+  const blocked = state.blocked.has(peer.user_id);
+  $("block-btn").textContent = blocked ? "Unblock" : "Block";
+  $("block-btn").dataset.blocked = String(blocked);
+  $("message-input").disabled = blocked;
+  $("message-input").placeholder = blocked ? `You block ${peer.username}: unblock to write.` : "Message";
 
   const box = $("messages");
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
@@ -737,6 +765,7 @@ function main() {
   $("message-input").addEventListener("keydown", onComposerKey);
   $("messages").addEventListener("scroll", onScroll);
   $("back-btn").addEventListener("click", closeChat);
+  $("block-btn").addEventListener("click", toggleBlock);
   // Back online (as the browser sees it): try now instead of waiting.
   window.addEventListener("online", () => { if (state.session && !state.ws) connect(); });
   // Leaving the page closes the socket at once (a page kept in the

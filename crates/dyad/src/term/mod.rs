@@ -55,6 +55,21 @@ pub enum TermCommand {
     Devices(DevicesArgs),
     /// Change your password; every other device is logged out.
     Passwd(PasswdArgs),
+    /// Block a user: neither of you can send to the other, typing is not
+    /// relayed, and each sees the other offline.
+    Block(UserArgs),
+    /// Stop blocking a user.
+    Unblock(UserArgs),
+    /// List the users you block.
+    Blocks(ConversationsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    /// Their username.
+    username: String,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +215,9 @@ pub async fn run(command: TermCommand) -> anyhow::Result<()> {
         TermCommand::Conversations(args) => conversations(&args.common.path()?, args.out).await,
         TermCommand::Devices(args) => devices(&args.common.path()?, args).await,
         TermCommand::Passwd(args) => passwd(&args.common.path()?, args.password_stdin).await,
+        TermCommand::Block(args) => block(&args.common.path()?, &args.username, true).await,
+        TermCommand::Unblock(args) => block(&args.common.path()?, &args.username, false).await,
+        TermCommand::Blocks(args) => blocks(&args.common.path()?, args.out).await,
         TermCommand::Chat(args) => {
             let (credentials, client) = logged_in(&args.common.path()?)?;
             chat::run(credentials, client, args).await
@@ -404,6 +422,35 @@ async fn devices(path: &Path, args: DevicesArgs) -> anyhow::Result<()> {
             local_time(s.last_used_at, true),
             if s.current { "  (this one)" } else { "" }
         );
+    }
+    Ok(())
+}
+
+async fn block(path: &Path, username: &str, on: bool) -> anyhow::Result<()> {
+    let (_, client) = logged_in(path)?;
+    let user = peer(&client, username).await?;
+    if on {
+        client.block(user).await?;
+        println!("blocked {username}");
+    } else {
+        client.unblock(user).await?;
+        println!("unblocked {username}");
+    }
+    Ok(())
+}
+
+async fn blocks(path: &Path, out: JsonFlag) -> anyhow::Result<()> {
+    let (_, client) = logged_in(path)?;
+    let list = client.blocks().await?;
+    if out.json {
+        println!("{}", serde_json::to_string(&list)?);
+        return Ok(());
+    }
+    if list.blocks.is_empty() {
+        println!("you block nobody");
+    }
+    for b in &list.blocks {
+        println!("{:<20} since {}", b.username, local_time(b.blocked_at, true));
     }
     Ok(())
 }

@@ -637,3 +637,45 @@ async fn the_page_follows_the_systems_dark_mode() {
     screenshot(&dark, "dark.png").await;
     server.stop().await;
 }
+
+/// Blocking from the chat header: the button says what it will do, the
+/// composer is closed while the block lasts, and the server holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_blocks_and_unblocks_from_the_chat_header() {
+    let _heavy = crate::helpers::heavy().await;
+    let server = TestServer::spawn().await;
+    let driver = Chromedriver::start().await;
+    let bob = server.user("bob").await;
+    let page = driver.browser().await;
+    open_sign_in(&page, &server.base).await;
+    sign_in(&page, "alice", "#register-btn").await;
+    fill(&page, "#new-chat-name", "bob").await;
+    click(&page, "#new-chat button").await;
+    wait_presence(&page, "").await;
+    assert_eq!(text_of(&page, "#block-btn").await, "Block");
+
+    click(&page, "#block-btn").await;
+    let script = "return document.getElementById('block-btn').dataset.blocked === 'true'
+        && document.getElementById('message-input').disabled";
+    wait_for(&page, "the block", script, vec![]).await;
+    assert_eq!(text_of(&page, "#block-btn").await, "Unblock");
+    let mut bob_socket = bob.connect().await;
+    let alice_id = bob.client.user_by_username("alice").await.unwrap().user_id;
+    bob_socket.send(alice_id, "hello?", Some("k1")).await;
+    bob_socket.expect_error(dyad_client::protocol::ErrorCode::Blocked).await;
+
+    click(&page, "#block-btn").await;
+    let script = "return document.getElementById('block-btn').dataset.blocked === 'false'
+        && !document.getElementById('message-input').disabled";
+    wait_for(&page, "the unblock", script, vec![]).await;
+    send(&page, "sorry!").await;
+    let got = loop {
+        match bob_socket.next().await {
+            dyad_client::protocol::ServerEvent::ReceiveMessage(m) => break m,
+            dyad_client::protocol::ServerEvent::Typing { .. } => continue, // the page types too
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(got.message, "sorry!");
+    server.stop().await;
+}

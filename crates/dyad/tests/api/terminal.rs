@@ -290,3 +290,22 @@ async fn a_server_that_is_down_gets_one_short_line() {
     );
     assert!(out.trim_end().ends_with("is it running?"), "{out}");
 }
+
+#[tokio::test]
+async fn block_unblock_and_list_from_the_terminal() {
+    let server = TestServer::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice.json");
+    sign_in(&alice, "register", &server.base, &format!("{PASSWORD}\n")).await;
+    let _bob = server.user("bob").await;
+    assert!(stdout(&run(&alice, &["blocks"], "").await).contains("you block nobody"));
+    assert!(stdout(&run(&alice, &["block", "bob"], "").await).contains("blocked bob"));
+    let listed = stdout(&run(&alice, &["blocks"], "").await);
+    assert!(listed.starts_with("bob "), "{listed}");
+    let refused = failure(&run(&alice, &["send", "bob", "hi"], "").await);
+    assert!(refused.contains("blocked"), "{refused}");
+    assert!(stdout(&run(&alice, &["unblock", "bob"], "").await).contains("unblocked bob"));
+    stdout(&run(&alice, &["send", "bob", "hi"], "").await);
+    assert!(failure(&run(&alice, &["block", "nobody"], "").await).contains("user_not_found"));
+    server.stop().await;
+}
