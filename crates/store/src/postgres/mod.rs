@@ -181,10 +181,16 @@ fn user(row: &PgRow, ids: IdCipher) -> sqlx::Result<UserRecord> {
         created_at: row.try_get(3)?,
         last_seen: row.try_get(4)?,
         deleted_at: row.try_get(5)?,
-        settings: Settings {
-            read_receipts: row.try_get(6)?,
-            presence: PresenceVisibility::from_stored(row.try_get::<&str, _>(7)?),
-        },
+        settings: settings_at(row, 6)?,
+    })
+}
+
+/// The settings in columns `at` (`read_receipts`) and `at + 1`
+/// (`presence_visibility`).
+fn settings_at(row: &PgRow, at: usize) -> sqlx::Result<Settings> {
+    Ok(Settings {
+        read_receipts: row.try_get(at)?,
+        presence: PresenceVisibility::from_stored(row.try_get::<&str, _>(at + 1)?),
     })
 }
 
@@ -464,14 +470,9 @@ impl MessageStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        row.map(|r| {
-            Ok(Settings {
-                read_receipts: r.try_get(0)?,
-                presence: PresenceVisibility::from_stored(r.try_get::<&str, _>(1)?),
-            })
-        })
-        .transpose()
-        .map_err(|e: sqlx::Error| backend(e))
+        row.map(|r| settings_at(&r, 0))
+            .transpose()
+            .map_err(backend)
     }
 
     async fn set_block(&self, blocker: UserId, blocked: UserId, at: Option<i64>) -> StoreResult<bool> {

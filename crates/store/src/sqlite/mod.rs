@@ -25,9 +25,9 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::backend;
 use crate::ids::IdCipher;
 use crate::{
-    BlockView, ConversationSummary, MessageStore, NewSession, Page, PageRequest, PresenceVisibility,
-    ProvisionedAccount, SessionId, SessionInfo, SessionRecord, Settings, SettingsPatch, StoreError, StoreResult,
-    StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
+    BlockView, ConversationSummary, MessageStore, NewSession, Page, PageRequest, ProvisionedAccount, SessionId,
+    SessionInfo, SessionRecord, Settings, SettingsPatch, StoreError, StoreResult, StoredMessage, TokenHash, UserRecord,
+    WriteOp, WriteOutcome,
 };
 use rows::user_columns;
 use writer::{Job, Writer};
@@ -500,12 +500,7 @@ impl MessageStore for SqliteStore {
                 .query_row(
                     "SELECT read_receipts, presence_visibility FROM users WHERE id = ?1 AND deleted_at IS NULL",
                     [row],
-                    |r| {
-                        Ok(Settings {
-                            read_receipts: r.get(0)?,
-                            presence: PresenceVisibility::from_stored(&r.get::<_, String>(1)?),
-                        })
-                    },
+                    |r| rows::settings_at(r, 0),
                 )
                 .optional()
                 .map_err(backend)?;

@@ -52,9 +52,15 @@ pub(super) fn user(row: &Row<'_>, ids: IdCipher) -> rusqlite::Result<UserRecord>
         created_at: row.get(3)?,
         last_seen: row.get(4)?,
         deleted_at: row.get(5)?,
-        settings: Settings {
-            read_receipts: row.get(6)?,
-            presence: PresenceVisibility::from_stored(&row.get::<_, String>(7)?),
-        },
+        settings: settings_at(row, 6)?,
+    })
+}
+
+/// The settings in columns `at` (`read_receipts`) and `at + 1`
+/// (`presence_visibility`).
+pub(super) fn settings_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Settings> {
+    Ok(Settings {
+        read_receipts: row.get(at)?,
+        presence: PresenceVisibility::from_stored(&row.get::<_, String>(at + 1)?),
     })
 }
