@@ -470,9 +470,7 @@ impl MessageStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        row.map(|r| settings_at(&r, 0))
-            .transpose()
-            .map_err(backend)
+        row.map(|r| settings_at(&r, 0)).transpose().map_err(backend)
     }
 
     async fn set_block(&self, blocker: UserId, blocked: UserId, at: Option<i64>) -> StoreResult<bool> {
