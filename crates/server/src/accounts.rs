@@ -591,6 +591,32 @@ mod tests {
         assert!(t.check(bob).is_ok(), "failures older than the memory start over");
     }
 
+    #[tokio::test]
+    async fn sessions_noted_as_used_are_bounded_and_taken_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = dyad_store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let guard = Arc::new(AbuseGuard::new(crate::abuse::AbuseLimits::off(), Default::default()));
+        let accounts = Accounts::new(store, Duration::from_secs(60), guard).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..(MAX_CACHED_SESSIONS as i64 + 1_000) {
+            accounts.note_used(SessionId(i), i);
+        }
+        assert_eq!(
+            accounts.used.len(),
+            MAX_CACHED_SESSIONS,
+            "no more than the session cache"
+        );
+        accounts.note_used(SessionId(0), 7);
+        let taken = accounts.take_used();
+        assert_eq!(taken.len(), MAX_CACHED_SESSIONS);
+        assert!(
+            taken.contains(&(SessionId(0), 7)),
+            "a known one is updated even when full"
+        );
+        assert!(accounts.used.is_empty(), "taken once");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn revoked_sessions_and_deleted_users_are_remembered_for_the_cache_ttl_only() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

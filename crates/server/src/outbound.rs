@@ -401,6 +401,16 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_learns_at_most_max_learned_old_messages() {
+        let mut c = Cursors::new(vec![(UserId(2), 1_000_000)]);
+        let acks = (1..=MAX_LEARNED as i64 + 100)
+            .map(|seq| item(Kind::Ack, 2, seq))
+            .collect();
+        run(&mut c, acks);
+        assert_eq!(c.learned.len(), MAX_LEARNED);
+    }
+
+    #[test]
     fn notices_at_or_below_the_mark_need_the_message_to_be_known() {
         let mut c = Cursors::new(vec![(UserId(2), 5)]);
         // The ack of a retried old send: the connection has seen message 5.

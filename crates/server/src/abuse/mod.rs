@@ -24,10 +24,12 @@
 //! | recipients known to exist, per connection (typing) | user id | 16 per connection |
 //! | flood-control buckets (`flood.rs`) | user id (authenticated) | one per user who sent lately; full buckets swept every 10 s |
 //! | watched users per connection | user id | 1,000 per connection |
-//! | ids learned by a retried send, per connection | message id | 10,000 per connection |
-//! | bus holds (`bus/`) | topic of a connected or watched user | one per such user and node: bounded by the connections and their 1,000 watched users each |
-//! | presence entries (`presence/local.rs`) | user id (authenticated) | one per online user |
-//! | Redis publishing queue (`bus/redis.rs`) | none | 65,536 payloads; past it new ones are dropped (they are stored: gap fill and replay catch up) |
+//! | ids learned by a retried send, per connection (`outbound.rs`) | message id | 10,000 per connection; test `a_connection_learns_at_most_max_learned_old_messages` |
+//! | bus holds (`bus/local.rs`) | topic of a connected or watched user | one per such topic and node, gone at the last release: bounded by the connections and their 1,000 watched users each; test `holds_leave_no_entry_once_released` |
+//! | presence entries (`presence/local.rs`) | user id (authenticated) | one per online user, gone when they go offline; test `a_user_leaves_no_entry_once_offline` |
+//! | watched users last told online (`hub/`) | user id | one per user watched here (1,000 per connection), gone when nobody here watches |
+//! | sessions used since the last write (`accounts.rs`) | session id (authenticated) | 200,000, emptied every minute; test `sessions_noted_as_used_are_bounded_and_taken_once` |
+//! | Redis publishing queue (`bus/redis.rs`) | none | 65,536 payloads and 64 MiB; past either new ones are dropped (they are stored: gap fill and replay catch up); test `the_publishing_queue_holds_at_most_its_bytes_and_entries` |
 //!
 //! A forgotten LRU entry starts over with a full budget; only a client with
 //! that many addresses can arrange that. Request bodies are capped at 16 KiB,

@@ -108,3 +108,29 @@ impl Bus for LocalBus {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use dyad_protocol::UserId;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn holds_leave_no_entry_once_released() {
+        let bus = LocalBus::new();
+        for user in 0..1_000 {
+            bus.hold(Topic::User(UserId(user))).await;
+            bus.hold(Topic::User(UserId(user))).await;
+        }
+        assert_eq!(
+            bus.network.holds.len(),
+            1_000,
+            "one entry per topic, however many holds"
+        );
+        for user in 0..1_000 {
+            bus.release(Topic::User(UserId(user)));
+            bus.release(Topic::User(UserId(user)));
+        }
+        assert!(bus.network.holds.is_empty());
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +24,10 @@ use crate::cluster::ClusterError;
 /// Payloads waiting to be published, at most; past it new ones are dropped
 /// (they are stored, and their recipients catch up by gap fill or replay).
 const PUBLISH_QUEUE: usize = 65_536;
+
+/// Bytes of payloads waiting to be published, at most: a queue of long
+/// messages is full long before it holds [`PUBLISH_QUEUE`] of them.
+const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
 
 /// Payloads per publishing pipeline.
 const PUBLISH_BATCH: usize = 1024;
@@ -50,6 +54,8 @@ pub struct RedisBus {
     subscribed: std::sync::Arc<AtomicBool>,
     /// Payloads dropped because the publishing queue was full.
     dropped: AtomicU64,
+    /// Bytes in the publishing queue.
+    queued_bytes: std::sync::Arc<AtomicUsize>,
     /// The background work, until [`Bus::start`] takes it.
     tasks: Mutex<Option<Tasks>>,
 }
@@ -78,6 +84,7 @@ impl RedisBus {
             subscriptions,
             subscribed: std::sync::Arc::new(AtomicBool::new(false)),
             dropped: AtomicU64::new(0),
+            queued_bytes: std::sync::Arc::new(AtomicUsize::new(0)),
             tasks: Mutex::new(Some(Tasks {
                 client,
                 publish_rx,
@@ -93,7 +100,11 @@ impl Bus for RedisBus {
         let Some(tasks) = self.tasks.lock().ok().and_then(|mut t| t.take()) else {
             return;
         };
-        tokio::spawn(publish_loop(self.redis.clone(), tasks.publish_rx));
+        tokio::spawn(publish_loop(
+            self.redis.clone(),
+            tasks.publish_rx,
+            self.queued_bytes.clone(),
+        ));
         tokio::spawn(subscribe_loop(
             self.channels.clone(),
             self.subscribed.clone(),
@@ -119,8 +130,16 @@ impl Bus for RedisBus {
     }
 
     fn publish(&self, topic: Topic, payload: Payload) {
-        let item = Out::Payload(self.channels.name(topic), payload.encode(&self.channels.origin));
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.publish.try_send(item) {
+        let (channel, text) = (self.channels.name(topic), payload.encode(&self.channels.origin));
+        let size = channel.len() + text.len();
+        let queued = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        let full = queued + size > PUBLISH_QUEUE_BYTES
+            || matches!(
+                self.publish.try_send(Out::Payload(channel, text)),
+                Err(mpsc::error::TrySendError::Full(_))
+            );
+        if full {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             // Said at the 1st, 2nd, 4th, 8th… drop: Redis away means many.
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
@@ -188,7 +207,11 @@ impl Channels {
     }
 }
 
-async fn publish_loop(mut redis: ConnectionManager, mut rx: mpsc::Receiver<Out>) {
+async fn publish_loop(
+    mut redis: ConnectionManager,
+    mut rx: mpsc::Receiver<Out>,
+    queued_bytes: std::sync::Arc<AtomicUsize>,
+) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let mut pipe = redis::pipe();
@@ -196,6 +219,7 @@ async fn publish_loop(mut redis: ConnectionManager, mut rx: mpsc::Receiver<Out>)
         for out in batch.drain(..) {
             match out {
                 Out::Payload(channel, payload) => {
+                    queued_bytes.fetch_sub(channel.len() + payload.len(), Ordering::Relaxed);
                     pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
                     payloads += 1;
                 }
@@ -363,5 +387,47 @@ fn release_one(held: &mut HashMap<String, u32>, channel: &str) {
         if *n == 0 {
             held.remove(channel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The publishing queue's bounds, on the machine's Redis (CI starts it).
+
+    use dyad_protocol::UserId;
+
+    use super::*;
+    use crate::codec::Frame;
+
+    /// A bus never started: nothing drains its queue, as when Redis is away.
+    async fn stalled_bus() -> RedisBus {
+        let url = std::env::var("DYAD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        let client = redis::Client::open(url.as_str()).unwrap_or_else(|e| panic!("{e}"));
+        let manager = client
+            .get_connection_manager()
+            .await
+            .unwrap_or_else(|e| panic!("Redis at {url} is needed: {e}"));
+        RedisBus::new(client, manager, "bounds", "test-bounds:")
+    }
+
+    #[tokio::test]
+    async fn the_publishing_queue_holds_at_most_its_bytes_and_entries() {
+        let bus = stalled_bus().await;
+        let long = Payload::Typing(Frame::from("x".repeat(60_000)));
+        for _ in 0..2_000 {
+            bus.publish(Topic::User(UserId(1)), long.clone());
+        }
+        let queued = bus.queued_bytes.load(Ordering::Relaxed);
+        assert!(queued <= PUBLISH_QUEUE_BYTES, "{queued} bytes queued");
+        assert!(queued > PUBLISH_QUEUE_BYTES - 70_000, "it filled up: {queued}");
+        assert!(bus.dropped.load(Ordering::Relaxed) > 0);
+        let bus = stalled_bus().await;
+        let short = Payload::Typing(Frame::from("{}"));
+        for _ in 0..PUBLISH_QUEUE + 10 {
+            bus.publish(Topic::User(UserId(1)), short.clone());
+        }
+        assert_eq!(bus.publish.capacity(), 0, "full at {PUBLISH_QUEUE} entries");
+        assert_eq!(bus.dropped.load(Ordering::Relaxed), 10, "and the rest dropped");
+        assert!(bus.queued_bytes.load(Ordering::Relaxed) < PUBLISH_QUEUE_BYTES);
     }
 }

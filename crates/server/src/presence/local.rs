@@ -152,3 +152,20 @@ impl Presence for LocalPresence {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_user_leaves_no_entry_once_offline() {
+        let presence = LocalPresence::new();
+        for user in 0..1_000 {
+            let (user, connection) = (UserId(user), ConnectionId(user));
+            presence.connected(user, connection).await.unwrap_or_default();
+            presence.disconnected(user, connection).await.unwrap_or_default();
+            assert!(presence.grace_over(user).await.unwrap_or_default());
+        }
+        assert!(presence.shared.users.is_empty());
+    }
+}
