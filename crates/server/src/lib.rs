@@ -217,8 +217,10 @@ pub async fn serve(
 /// the last time, and those with a WebSocket open here (now).
 async fn persist_sessions_used(app: &App) {
     let now = clock::now_ms();
-    let mut used = app.accounts.take_used();
+    // A session with an open socket here is in use now, whatever else it did.
+    let mut used: std::collections::HashMap<_, _> = app.accounts.take_used().into_iter().collect();
     used.extend(app.hub.open_sessions().into_iter().map(|s| (s, now)));
+    let used: Vec<_> = used.into_iter().collect();
     if !used.is_empty()
         && let Err(e) = app.store.touch_sessions(&used).await
     {

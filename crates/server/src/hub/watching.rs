@@ -2,6 +2,7 @@
 //! user's last connection here, who watches whose presence, and telling
 //! them when it changes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -171,10 +172,15 @@ impl Hub {
                 Ok(None) => return,
                 Err(e) => return tracing::warn!(error = %e, "could not read presence settings"),
             };
+            // Decided once per watching user, however many devices watch.
+            let mut decided: HashMap<UserId, bool> = HashMap::new();
             for peer in watching {
-                let visible = match hub.visible_to(peer.user_id, &record).await {
-                    Ok(visible) => visible,
-                    Err(e) => return tracing::warn!(error = %e, "could not read presence settings"),
+                let visible = match decided.get(&peer.user_id) {
+                    Some(visible) => *visible,
+                    None => match hub.visible_to(peer.user_id, &record).await {
+                        Ok(visible) => *decided.entry(peer.user_id).or_insert(visible),
+                        Err(e) => return tracing::warn!(error = %e, "could not read presence settings"),
+                    },
                 };
                 let mut changed = false;
                 if let Some(mut list) = hub.watchers.get_mut(&user) {
