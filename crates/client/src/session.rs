@@ -83,6 +83,32 @@ pub enum SessionEvent {
         /// Who.
         sender_id: UserId,
     },
+    /// Messages up to `seq` from `peer_id` to `reader_id` are read (by
+    /// this user on some device, or by the other, who allows receipts).
+    Read {
+        /// Who read.
+        reader_id: UserId,
+        /// Whose messages.
+        peer_id: UserId,
+        /// The newest message read.
+        message_id: MessageId,
+        /// Its `seq`.
+        seq: i64,
+    },
+    /// A message's text was replaced.
+    Edited {
+        /// The message.
+        message_id: MessageId,
+        /// The new text.
+        message: String,
+        /// When.
+        edited_at: i64,
+    },
+    /// A message was deleted.
+    Deleted {
+        /// The message.
+        message_id: MessageId,
+    },
     /// The server refused something; a refused send is not retried.
     Refused(ErrorEvent),
 }
@@ -92,6 +118,9 @@ enum Command {
     Ack(Vec<MessageId>),
     Watch(Vec<UserId>),
     Typing(UserId),
+    /// A `read_ack`, `edit_message` or `delete_message`: sent while
+    /// connected, dropped while not.
+    Other(ClientEvent),
 }
 
 /// A self-healing connection for one logged-in user.
@@ -148,6 +177,24 @@ impl ChatSession {
     /// Tells `recipient_id` this user is typing (dropped while offline).
     pub fn typing(&self, recipient_id: UserId) -> Result<(), ClientError> {
         self.command(Command::Typing(recipient_id))
+    }
+
+    /// Marks everything up to this message read (dropped while offline).
+    pub fn read(&self, message_id: MessageId) -> Result<(), ClientError> {
+        self.command(Command::Other(ClientEvent::ReadAck { message_id }))
+    }
+
+    /// Replaces the text of a message this user sent (dropped while offline).
+    pub fn edit(&self, message_id: MessageId, message: impl Into<String>) -> Result<(), ClientError> {
+        self.command(Command::Other(ClientEvent::EditMessage {
+            message_id,
+            message: message.into(),
+        }))
+    }
+
+    /// Deletes a message this user sent, for both (dropped while offline).
+    pub fn delete(&self, message_id: MessageId) -> Result<(), ClientError> {
+        self.command(Command::Other(ClientEvent::DeleteMessage { message_id }))
     }
 
     /// The next event; `None` once the session has stopped.
@@ -285,7 +332,7 @@ fn offline(c: Command, unacked: &mut VecDeque<SendMessage>, watching: &mut Vec<U
         Command::Send(m) => unacked.push_back(m),
         Command::Watch(users) => watching.extend(users),
         // Acks are repeated by the replay of the next connection; typing is ephemeral.
-        Command::Ack(_) | Command::Typing(_) => {}
+        Command::Ack(_) | Command::Typing(_) | Command::Other(_) => {}
     }
 }
 
@@ -332,6 +379,7 @@ async fn online(
                         watching.extend(users);
                     }
                     Command::Typing(to) => conn.send(&ClientEvent::Typing { recipient_id: to }).await?,
+                    Command::Other(event) => conn.send(&event).await?,
                 }
             }
             event = conn.next_event() => {
@@ -356,6 +404,13 @@ async fn online(
                     ServerEvent::PendingComplete { count } => SessionEvent::PendingComplete { count },
                     ServerEvent::Presence(p) => SessionEvent::Presence(p),
                     ServerEvent::Typing { sender_id } => SessionEvent::Typing { sender_id },
+                    ServerEvent::MessageRead { reader_id, peer_id, message_id, seq, .. } => {
+                        SessionEvent::Read { reader_id, peer_id, message_id, seq }
+                    }
+                    ServerEvent::MessageEdited { message_id, message, edited_at, .. } => {
+                        SessionEvent::Edited { message_id, message, edited_at }
+                    }
+                    ServerEvent::MessageDeleted { message_id, .. } => SessionEvent::Deleted { message_id },
                     ServerEvent::Error(e) => {
                         let retriable = matches!(e.code, ErrorCode::Unavailable | ErrorCode::RateLimited);
                         if let (Some(_), true) = (&e.client_msg_id, retriable) {

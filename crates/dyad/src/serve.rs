@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Longest message, in characters.
     #[arg(long, env = "DYAD_MAX_MESSAGE_CHARS", default_value_t = 4096)]
     max_message_chars: usize,
+    /// How long after sending its sender may edit a message.
+    #[arg(long, env = "DYAD_EDIT_WINDOW", default_value = "48h", value_parser = duration)]
+    edit_window: Duration,
     /// Largest WebSocket frame, in bytes.
     #[arg(long, env = "DYAD_MAX_FRAME_BYTES", default_value_t = 65536)]
     max_frame_bytes: usize,
@@ -146,6 +149,7 @@ impl ServeArgs {
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
             max_message_chars: self.max_message_chars,
+            edit_window: self.edit_window,
             max_frame_bytes: self.max_frame_bytes,
             outbound_queue: self.outbound_queue,
             token_ttl: self.token_ttl,

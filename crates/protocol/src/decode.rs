@@ -59,6 +59,17 @@ struct Recipient {
     recipient_id: UserId,
 }
 
+#[derive(Deserialize)]
+struct AboutMessage {
+    message_id: MessageId,
+}
+
+#[derive(Deserialize)]
+struct Edit {
+    message_id: MessageId,
+    message: String,
+}
+
 /// Just the key of a `send_message` whose data did not decode.
 #[derive(Deserialize)]
 struct JustTheKey {
@@ -106,6 +117,16 @@ impl ClientEvent {
                 recipient_id: d.recipient_id,
             }),
             "ping" => fields(event, data).map(|_: IgnoredAny| ClientEvent::Ping {}),
+            "read_ack" => fields(event, data).map(|d: AboutMessage| ClientEvent::ReadAck {
+                message_id: d.message_id,
+            }),
+            "edit_message" => fields(event, data).map(|d: Edit| ClientEvent::EditMessage {
+                message_id: d.message_id,
+                message: d.message,
+            }),
+            "delete_message" => fields(event, data).map(|d: AboutMessage| ClientEvent::DeleteMessage {
+                message_id: d.message_id,
+            }),
             other => {
                 let name: String = other.chars().take(NAME_IN_ERROR).collect();
                 Err(refused(ErrorCode::UnknownEvent, format!("unknown event {name:?}")))
@@ -159,6 +180,16 @@ mod tests {
                 recipient_id: UserId(4),
             },
             ClientEvent::Ping {},
+            ClientEvent::ReadAck {
+                message_id: MessageId(5),
+            },
+            ClientEvent::EditMessage {
+                message_id: MessageId(6),
+                message: "fixed".into(),
+            },
+            ClientEvent::DeleteMessage {
+                message_id: MessageId(7),
+            },
         ];
         for event in events {
             let text = serde_json::to_string(&event).unwrap_or_default();

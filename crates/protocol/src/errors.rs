@@ -24,7 +24,8 @@ pub enum ErrorCode {
     TooManyConnections,
     /// Registration is closed on this server; an operator adds accounts.
     RegistrationClosed,
-    /// Not allowed (a WebSocket from a foreign origin).
+    /// Not allowed: a WebSocket from a foreign origin, or an edit or delete
+    /// of someone else's message.
     Forbidden,
     /// Missing, unknown, expired or revoked token.
     Unauthorized,
@@ -34,7 +35,7 @@ pub enum ErrorCode {
     InvalidParameter,
     /// The request body is not the JSON this call takes.
     InvalidBody,
-    /// No such route.
+    /// No such route, session, or message the caller can see.
     NotFound,
     /// Something failed inside the server.
     Internal,
@@ -59,6 +60,8 @@ pub enum ErrorCode {
     Unavailable,
     /// One of the two users blocks the other: nothing was stored.
     Blocked,
+    /// The edit window of the message has passed.
+    EditWindowPassed,
 }
 
 impl ErrorCode {
@@ -90,6 +93,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Blocked => "blocked",
+            ErrorCode::EditWindowPassed => "edit_window_passed",
         }
     }
 }
@@ -114,6 +118,9 @@ mod tests {
             ErrorCode::RateLimited,
             ErrorCode::UnknownRecipient,
             ErrorCode::Blocked,
+            ErrorCode::EditWindowPassed,
+            ErrorCode::NotFound,
+            ErrorCode::Forbidden,
         ] {
             let json = serde_json::to_string(&code).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

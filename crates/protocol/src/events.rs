@@ -14,6 +14,9 @@ pub enum MessageStatus {
     Sent,
     /// A recipient device sent `delivery_ack` for it.
     Delivered,
+    /// The recipient has read it (`read_ack`), and both users allow read
+    /// receipts.
+    Read,
 }
 
 /// A stored message as clients see it, in `receive_message` and in history.
@@ -32,8 +35,14 @@ pub struct MessageView {
     pub timestamp: i64,
     /// Position in the conversation, from 1, without gaps.
     pub seq: i64,
-    /// `sent` or `delivered`.
+    /// `sent`, `delivered` or `read`.
     pub status: MessageStatus,
+    /// When its text was last replaced; `null` if never.
+    #[serde(default)]
+    pub edited_at: Option<i64>,
+    /// Deleted for both users: `message` is `""`, and the text is erased.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// Events the server sends.
@@ -89,6 +98,47 @@ pub enum ServerEvent {
         /// Who is typing.
         sender_id: UserId,
     },
+    /// Messages up to `seq` from `peer_id` to `reader_id` are read.
+    MessageRead {
+        /// Who read them.
+        reader_id: UserId,
+        /// Who sent them.
+        peer_id: UserId,
+        /// The message the reader acknowledged.
+        message_id: MessageId,
+        /// Its `seq`: the reader's new read mark.
+        seq: i64,
+        /// When.
+        read_at: i64,
+    },
+    /// A message's text was replaced.
+    MessageEdited {
+        /// The message.
+        message_id: MessageId,
+        /// Who wrote it (and edited it).
+        sender_id: UserId,
+        /// Who it is for.
+        recipient_id: UserId,
+        /// Its place in the conversation.
+        seq: i64,
+        /// The new text.
+        message: String,
+        /// When.
+        edited_at: i64,
+    },
+    /// A message was deleted for both users.
+    MessageDeleted {
+        /// The message.
+        message_id: MessageId,
+        /// Who wrote it (and deleted it).
+        sender_id: UserId,
+        /// Who it was for.
+        recipient_id: UserId,
+        /// Its place in the conversation (kept).
+        seq: i64,
+        /// When.
+        deleted_at: i64,
+    },
     /// Answer to `ping`.
     Pong {},
     /// A refused frame.
@@ -131,6 +181,10 @@ pub struct ErrorEvent {
     /// With `rate_limited`: when a retry will be accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// The message a refused `read_ack`, `edit_message` or `delete_message`
+    /// was about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
 }
 
 /// `send_message` data.
@@ -176,6 +230,23 @@ pub enum ClientEvent {
     },
     /// Application-level liveness check.
     Ping {},
+    /// This user has read this message and everything before it.
+    ReadAck {
+        /// The newest message read.
+        message_id: MessageId,
+    },
+    /// Replace a message's text.
+    EditMessage {
+        /// Which.
+        message_id: MessageId,
+        /// The new text.
+        message: String,
+    },
+    /// Delete a message for both users.
+    DeleteMessage {
+        /// Which.
+        message_id: MessageId,
+    },
 }
 
 #[cfg(test)]

@@ -197,6 +197,15 @@ pub struct ConversationView {
     pub username: String,
     /// The newest message.
     pub last_message: MessageView,
+    /// Messages from them above the caller's read mark.
+    #[serde(default)]
+    pub unread_count: i64,
+    /// The caller's read mark: the `seq` up to which they have read (0: none).
+    #[serde(default)]
+    pub last_read_seq: i64,
+    /// Their read mark, if both allow read receipts; otherwise 0.
+    #[serde(default)]
+    pub peer_last_read_seq: i64,
 }
 
 /// `200` from `GET /api/v1/conversations`.

@@ -21,6 +21,8 @@ fn codec(c: &mut Criterion) {
         timestamp: 1_795_828_803_358,
         seq: 1234,
         status: MessageStatus::Sent,
+        edited_at: None,
+        deleted: false,
     });
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Elements(1));

@@ -4,7 +4,7 @@
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use dyad_protocol::events::ErrorEvent;
-use dyad_protocol::{ErrorCode, ServerEvent};
+use dyad_protocol::{ErrorCode, MessageId, ServerEvent};
 
 /// One encoded server event. Cloning shares its bytes, so one encoding
 /// serves every connection that gets it; only the socket writer turns it
@@ -54,5 +54,17 @@ pub fn error_frame(code: ErrorCode, message: &str, client_msg_id: Option<String>
         message: message.to_owned(),
         client_msg_id,
         retry_after_ms: None,
+        message_id: None,
+    }))
+}
+
+/// An `error` event frame about a message (a refused read, edit or delete).
+pub fn message_error_frame(code: ErrorCode, message: &str, message_id: MessageId) -> Frame {
+    encode(&ServerEvent::Error(ErrorEvent {
+        code,
+        message: message.to_owned(),
+        client_msg_id: None,
+        retry_after_ms: None,
+        message_id: Some(message_id),
     }))
 }

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use dyad_protocol::{ErrorCode, MessageStatus, ServerEvent};
-use dyad_store::{MessageStore, WriteOp, WriteOutcome};
+use dyad_protocol::{ErrorCode, MessageId, MessageStatus, ServerEvent};
+use dyad_store::{DeliveredMessage, MessageStore, WriteOp, WriteOutcome};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::clock::now_ms;
-use crate::codec::{encode, error_frame};
+use crate::codec::{encode, error_frame, message_error_frame};
 use crate::hub::{Hub, Peer};
 use crate::metrics::Metrics;
 use crate::outbound::{Kind, Outbound, Sequenced};
@@ -34,8 +34,22 @@ struct Route {
     origin: Option<Arc<Peer>>,
     /// The send's key, echoed in its ack or error.
     client_msg_id: Option<String>,
+    /// The message a read, edit or delete is about, echoed in its error.
+    about: Option<MessageId>,
     /// Held until the answer is queued.
     _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Route {
+    /// Refuses the write to the connection that asked: an `error` echoing
+    /// the send's key or the message the write was about.
+    fn refuse(self, code: ErrorCode, why: &str) {
+        let Some(origin) = self.origin else { return };
+        origin.push(match self.about {
+            Some(id) => message_error_frame(code, why, id),
+            None => error_frame(code, why, self.client_msg_id),
+        });
+    }
 }
 
 enum Request {
@@ -96,14 +110,18 @@ async fn run(
         for request in requests.drain(..) {
             match request {
                 Request::Write(s) => {
-                    let client_msg_id = match &s.op {
-                        WriteOp::Send(m) => m.client_msg_id.as_ref().map(|k| k.as_str().to_owned()),
-                        WriteOp::Deliver { .. } => None,
+                    let (client_msg_id, about) = match &s.op {
+                        WriteOp::Send(m) => (m.client_msg_id.as_ref().map(|k| k.as_str().to_owned()), None),
+                        WriteOp::Deliver { .. } => (None, None),
+                        WriteOp::Read { message_id, .. }
+                        | WriteOp::Edit { message_id, .. }
+                        | WriteOp::Delete { message_id, .. } => (None, Some(*message_id)),
                     };
                     ops.push(s.op);
                     routes.push(Route {
                         origin: s.origin,
                         client_msg_id,
+                        about,
                         _slot: s.slot,
                     });
                 }
@@ -135,32 +153,23 @@ async fn commit(store: &dyn MessageStore, hub: &Hub, metrics: &Metrics, ops: Vec
             }
             metrics.commit_failures.inc();
             for route in routes {
-                if let Some(origin) = route.origin {
-                    origin.push(error_frame(
-                        ErrorCode::Unavailable,
-                        "storage unavailable; nothing was stored",
-                        route.client_msg_id,
-                    ));
-                }
+                route.refuse(ErrorCode::Unavailable, "storage unavailable; nothing was stored");
             }
             return;
         }
     };
     for (outcome, route) in outcomes.into_iter().zip(routes) {
-        dispatch(hub, metrics, outcome, route.origin, route.client_msg_id);
+        dispatch(hub, metrics, outcome, route);
     }
 }
 
-#[tracing::instrument(level = "trace", skip_all, fields(client_msg_id = client_msg_id.as_deref()))]
-fn dispatch(
-    hub: &Hub,
-    metrics: &Metrics,
-    outcome: WriteOutcome,
-    origin: Option<Arc<Peer>>,
-    client_msg_id: Option<String>,
-) {
+#[tracing::instrument(level = "trace", skip_all, fields(client_msg_id = route.client_msg_id.as_deref()))]
+fn dispatch(hub: &Hub, metrics: &Metrics, outcome: WriteOutcome, route: Route) {
     match outcome {
         WriteOutcome::Stored { message, duplicate } => {
+            let Route {
+                origin, client_msg_id, ..
+            } = route;
             if let Some(origin) = &origin {
                 let ack = encode(&ServerEvent::MessageAck {
                     client_msg_id,
@@ -191,34 +200,56 @@ fn dispatch(
             let frame = encode(&ServerEvent::ReceiveMessage(message.view()));
             hub.route_message(&message, frame, origin.map(|o| o.id));
         }
-        WriteOutcome::UnknownRecipient => {
-            if let Some(origin) = origin {
-                origin.push(error_frame(
-                    ErrorCode::UnknownRecipient,
-                    "no such recipient",
-                    client_msg_id,
-                ));
-            }
+        WriteOutcome::UnknownRecipient => route.refuse(ErrorCode::UnknownRecipient, "no such recipient"),
+        WriteOutcome::Blocked => route.refuse(ErrorCode::Blocked, "one of you blocks the other; nothing was stored"),
+        WriteOutcome::NotFound => route.refuse(ErrorCode::NotFound, "no such message"),
+        WriteOutcome::Forbidden => route.refuse(ErrorCode::Forbidden, "only its sender may change a message"),
+        WriteOutcome::EditWindowPassed => route.refuse(ErrorCode::EditWindowPassed, "the message is too old to edit"),
+        WriteOutcome::Unchanged => {}
+        WriteOutcome::Read(mark) => {
+            delivered(hub, metrics, &mark.delivered);
+            let frame = encode(&ServerEvent::MessageRead {
+                reader_id: mark.reader,
+                peer_id: mark.peer,
+                message_id: mark.message_id,
+                seq: mark.seq,
+                read_at: mark.read_at,
+            });
+            hub.route_read(&mark, frame);
         }
-        WriteOutcome::Blocked => {
-            if let Some(origin) = origin {
-                origin.push(error_frame(
-                    ErrorCode::Blocked,
-                    "one of you blocks the other; nothing was stored",
-                    client_msg_id,
-                ));
-            }
-        }
-        WriteOutcome::Delivered(messages) => {
-            for m in messages {
-                metrics.messages_delivered.inc();
-                let frame = encode(&ServerEvent::MessageDelivered {
+        WriteOutcome::Changed(m) => {
+            let event = match m.deleted_at {
+                Some(deleted_at) => ServerEvent::MessageDeleted {
                     message_id: m.id,
+                    sender_id: m.sender_id,
                     recipient_id: m.recipient_id,
-                    delivered_at: m.delivered_at,
-                });
-                hub.route_delivered(&m, frame);
-            }
+                    seq: m.seq,
+                    deleted_at,
+                },
+                None => ServerEvent::MessageEdited {
+                    message_id: m.id,
+                    sender_id: m.sender_id,
+                    recipient_id: m.recipient_id,
+                    seq: m.seq,
+                    message: m.body.clone(),
+                    edited_at: m.edited_at.unwrap_or_default(),
+                },
+            };
+            hub.route_change(&m, encode(&event));
         }
+        WriteOutcome::Delivered(messages) => delivered(hub, metrics, &messages),
+    }
+}
+
+/// Tells the senders of `messages` they are delivered.
+fn delivered(hub: &Hub, metrics: &Metrics, messages: &[DeliveredMessage]) {
+    for m in messages {
+        metrics.messages_delivered.inc();
+        let frame = encode(&ServerEvent::MessageDelivered {
+            message_id: m.id,
+            recipient_id: m.recipient_id,
+            delivered_at: m.delivered_at,
+        });
+        hub.route_delivered(m, frame);
     }
 }

@@ -21,6 +21,8 @@ pub struct Config {
     pub rate_burst: u32,
     /// Longest message, in characters.
     pub max_message_chars: usize,
+    /// How long after sending its sender may edit a message.
+    pub edit_window: Duration,
     /// Largest WebSocket frame, in bytes; larger frames get `frame_too_large`.
     pub max_frame_bytes: usize,
     /// Frames a connection may have waiting before it counts as a slow consumer.
@@ -63,6 +65,7 @@ impl Default for Config {
             rate_limit: 20,
             rate_burst: 40,
             max_message_chars: 4096,
+            edit_window: Duration::from_secs(48 * 3600),
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
             token_ttl: Duration::from_secs(30 * 24 * 3600),

@@ -47,6 +47,10 @@ pub enum Kind {
     Ack,
     /// `message_delivered`.
     Delivered,
+    /// `message_read`, `message_edited` or `message_deleted`: never before
+    /// the message itself, but also for messages older than the
+    /// connection (history, or replayed).
+    Change,
 }
 
 /// A frame about one message, with where the message stands in its conversation.
@@ -108,7 +112,8 @@ struct Cursor {
 
 struct Held {
     ts: i64,
-    frame: Frame,
+    /// `None` while only notices about the message have arrived.
+    frame: Option<Frame>,
     notices: Vec<Frame>,
 }
 
@@ -123,6 +128,20 @@ pub struct Gap {
     pub upto_seq: i64,
     /// Its timestamp: the missing messages are the ones just before it.
     pub before_ts: i64,
+    /// Whether the oldest held is only notices, its message missing too.
+    pub inclusive: bool,
+}
+
+impl Gap {
+    /// How many messages the store is to be asked for.
+    pub fn missing(&self) -> usize {
+        usize::try_from(self.upto_seq - self.after_seq - 1 + i64::from(self.inclusive)).unwrap_or(0)
+    }
+
+    /// The exclusive time bound of the store read.
+    pub fn read_before(&self) -> i64 {
+        self.before_ts + i64::from(self.inclusive)
+    }
 }
 
 /// Most old messages a connection remembers seeing through a retried send.
@@ -161,20 +180,19 @@ impl Cursors {
         match kind {
             Kind::Message => {
                 let cursor = self.convs.entry(m.peer).or_insert_with(|| Cursor::at(0));
-                if m.seq <= cursor.last || cursor.ahead.contains(&m.seq) || cursor.held.contains_key(&m.seq) {
+                let here = cursor.held.get(&m.seq).is_some_and(|h| h.frame.is_some());
+                if m.seq <= cursor.last || cursor.ahead.contains(&m.seq) || here {
                     return;
                 }
+                let held = cursor.held.entry(m.seq).or_insert_with(|| Held {
+                    ts: m.ts,
+                    frame: None,
+                    notices: Vec::new(),
+                });
+                held.frame = Some(m.frame);
                 if m.seq == cursor.last + 1 {
-                    out.push(m.frame);
-                    cursor.last = m.seq;
                     cursor.advance(out);
                 } else {
-                    let held = Held {
-                        ts: m.ts,
-                        frame: m.frame,
-                        notices: Vec::new(),
-                    };
-                    cursor.held.insert(m.seq, held);
                     cursor.deadline.get_or_insert_with(|| Instant::now() + GAP_WAIT);
                 }
             }
@@ -186,12 +204,31 @@ impl Cursors {
                     // A retry of a message older than the connection.
                     self.learned.insert(a.id);
                 }
+                // Notices that came before their message's ack follow it.
+                if let Some(early) = cursor.held.remove(&a.seq) {
+                    out.extend(early.notices);
+                }
                 if a.seq == cursor.last + 1 {
                     cursor.last = a.seq;
                     cursor.advance(out);
                 } else if a.seq > cursor.last && !cursor.ahead.contains(&a.seq) {
                     cursor.ahead.push(a.seq);
                 }
+            }
+            Kind::Change => {
+                let cursor = self.convs.entry(m.peer).or_insert_with(|| Cursor::at(0));
+                if m.seq <= cursor.last || cursor.ahead.contains(&m.seq) {
+                    return out.push(m.frame);
+                }
+                // The message has not been passed on yet: the notice waits
+                // for it (and, like a gap, not forever).
+                let held = cursor.held.entry(m.seq).or_insert_with(|| Held {
+                    ts: m.ts,
+                    frame: None,
+                    notices: Vec::new(),
+                });
+                held.notices.push(m.frame);
+                cursor.deadline.get_or_insert_with(|| Instant::now() + GAP_WAIT);
             }
             Kind::Delivered => {
                 let d = m;
@@ -225,6 +262,7 @@ impl Cursors {
                     after_seq: c.last,
                     upto_seq,
                     before_ts: held.ts,
+                    inclusive: held.frame.is_none(),
                 })
             })
             .collect()
@@ -252,15 +290,23 @@ impl Cursors {
         let Some(cursor) = self.convs.get_mut(&gap.peer) else {
             return;
         };
+        let upto = gap.upto_seq - i64::from(!gap.inclusive);
         let mut found: Vec<_> = found
             .into_iter()
-            .filter(|m| m.seq > cursor.last && m.seq < gap.upto_seq && !cursor.ahead.contains(&m.seq))
+            .filter(|m| m.seq > cursor.last && m.seq <= upto && !cursor.ahead.contains(&m.seq))
             .collect();
         found.sort_by_key(|m| m.seq);
         found.dedup_by_key(|m| m.seq);
         out.extend(found.iter().map(encode));
+        if gap.inclusive {
+            // The message its notices waited for has been passed on (or can
+            // never come): they follow.
+            if let Some(early) = cursor.held.remove(&gap.upto_seq) {
+                out.extend(early.notices);
+            }
+        }
         // Whatever the store did not have can never come: move past it.
-        cursor.last = cursor.last.max(gap.upto_seq - 1);
+        cursor.last = cursor.last.max(upto);
         cursor.advance(out);
     }
 }
@@ -282,8 +328,10 @@ impl Cursor {
             let next = self.last + 1;
             if let Some(i) = self.ahead.iter().position(|&s| s == next) {
                 self.ahead.swap_remove(i);
-            } else if let Some(held) = self.held.remove(&next) {
-                out.push(held.frame);
+            } else if self.held.get(&next).is_some_and(|h| h.frame.is_some()) {
+                // (A held entry with only notices waits for its message.)
+                let Some(held) = self.held.remove(&next) else { break };
+                out.extend(held.frame);
                 out.extend(held.notices);
             } else {
                 break;
@@ -379,15 +427,7 @@ mod tests {
         let due = c.due(Instant::now() + GAP_WAIT);
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].after_seq, due[0].upto_seq, due[0].before_ts), (1, 4, 40));
-        let stored = |seq: i64| StoredMessage {
-            id: MessageId(seq),
-            sender_id: UserId(2),
-            recipient_id: UserId(1),
-            body: String::new(),
-            timestamp: seq * 10,
-            seq,
-            delivered_at: None,
-        };
+        let stored = |seq: i64| StoredMessage::new(MessageId(seq), UserId(2), UserId(1), String::new(), seq * 10, seq);
         let mut out = Vec::new();
         c.fill(&due[0], vec![stored(3), stored(1), stored(2)], &mut out, |m| {
             m.seq.to_string().into()
@@ -408,6 +448,32 @@ mod tests {
             .collect();
         run(&mut c, acks);
         assert_eq!(c.learned.len(), MAX_LEARNED);
+    }
+
+    #[test]
+    fn a_change_passes_after_its_message_and_waits_for_one_not_yet_here() {
+        let mut c = Cursors::new(vec![(UserId(2), 5)]);
+        // Older than the connection (history or replayed): passes at once.
+        assert_eq!(run(&mut c, vec![item(Kind::Change, 2, 3)]), ["3"]);
+        // Its message not here yet: it waits, then follows the message.
+        assert!(run(&mut c, vec![item(Kind::Change, 2, 7)]).is_empty());
+        assert_eq!(
+            run(&mut c, vec![item(Kind::Message, 2, 6), item(Kind::Message, 2, 7)]),
+            ["6", "7", "7"]
+        );
+        assert!(c.deadline().is_none());
+        // A change of a message that never arrives live is filled from the store.
+        assert!(run(&mut c, vec![item(Kind::Change, 2, 8)]).is_empty());
+        let due = c.due(Instant::now() + GAP_WAIT);
+        assert_eq!((due[0].missing(), due[0].read_before()), (1, 81));
+        let stored = StoredMessage::new(MessageId(8), UserId(2), UserId(1), String::new(), 80, 8);
+        let mut out = Vec::new();
+        c.fill(&due[0], vec![stored], &mut out, |m| format!("m{}", m.seq).into());
+        assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["m8", "8"]);
+        // Own sends: a change that beat the ack follows it.
+        assert!(run(&mut c, vec![item(Kind::Change, 2, 9)]).is_empty());
+        assert_eq!(run(&mut c, vec![item(Kind::Ack, 2, 9)]), ["9", "9"]);
+        assert!(c.deadline().is_none());
     }
 
     #[test]

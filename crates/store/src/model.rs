@@ -81,23 +81,54 @@ pub struct StoredMessage {
     pub seq: i64,
     /// When a recipient device first acknowledged it.
     pub delivered_at: Option<i64>,
+    /// When its text was last replaced.
+    pub edited_at: Option<i64>,
+    /// When it was deleted; its `body` is then empty.
+    pub deleted_at: Option<i64>,
+    /// Whether its recipient has read it and both users allow read
+    /// receipts (known where a read says so: history and search).
+    pub read: bool,
 }
 
 impl StoredMessage {
+    /// A message just stored: not delivered, edited or deleted.
+    pub fn new(id: MessageId, sender_id: UserId, recipient_id: UserId, body: String, timestamp: i64, seq: i64) -> Self {
+        StoredMessage {
+            id,
+            sender_id,
+            recipient_id,
+            body,
+            timestamp,
+            seq,
+            delivered_at: None,
+            edited_at: None,
+            deleted_at: None,
+            read: false,
+        }
+    }
+
     /// The wire view of this message.
     pub fn view(&self) -> MessageView {
         MessageView {
             message_id: self.id,
             sender_id: self.sender_id,
             recipient_id: self.recipient_id,
-            message: self.body.clone(),
+            message: if self.deleted_at.is_some() {
+                String::new()
+            } else {
+                self.body.clone()
+            },
             timestamp: self.timestamp,
             seq: self.seq,
-            status: if self.delivered_at.is_some() {
+            status: if self.read {
+                MessageStatus::Read
+            } else if self.delivered_at.is_some() {
                 MessageStatus::Delivered
             } else {
                 MessageStatus::Sent
             },
+            edited_at: self.edited_at,
+            deleted: self.deleted_at.is_some(),
         }
     }
 }
@@ -127,6 +158,36 @@ pub enum WriteOp {
         /// The acknowledged messages.
         message_ids: Vec<MessageId>,
     },
+    /// `reader` has read this message and everything before it in its
+    /// conversation: their read mark moves up to its `seq` (never down),
+    /// and the messages it covers that were still undelivered are
+    /// delivered.
+    Read {
+        /// Who read it: one of the message's two users.
+        reader: UserId,
+        /// The newest message read.
+        message_id: MessageId,
+    },
+    /// Replace the text of a message: only its sender, only while it is
+    /// not deleted, only within `window` ms of its timestamp, and not while
+    /// either user blocks the other.
+    Edit {
+        /// Who asks.
+        editor: UserId,
+        /// Which message.
+        message_id: MessageId,
+        /// The new text.
+        body: MessageBody,
+        /// How long after sending a message may be edited, in ms.
+        window: i64,
+    },
+    /// Delete a message for both users, erasing its text: only its sender.
+    Delete {
+        /// Who asks.
+        deleter: UserId,
+        /// Which message.
+        message_id: MessageId,
+    },
 }
 
 /// What happened to one [`WriteOp`].
@@ -145,6 +206,40 @@ pub enum WriteOutcome {
     Blocked,
     /// Messages that this operation turned from sent to delivered.
     Delivered(Vec<DeliveredMessage>),
+    /// A read mark moved up.
+    Read(ReadMark),
+    /// A read at or below the reader's mark: nothing changed.
+    Unchanged,
+    /// The message as it is after an edit or a delete.
+    Changed(StoredMessage),
+    /// No message the caller can see has that id (or it is deleted, for an
+    /// edit).
+    NotFound,
+    /// Someone else's message.
+    Forbidden,
+    /// Too old to edit.
+    EditWindowPassed,
+}
+
+/// A read mark that moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMark {
+    /// Who read.
+    pub reader: UserId,
+    /// The other user of the conversation.
+    pub peer: UserId,
+    /// The message acknowledged.
+    pub message_id: MessageId,
+    /// The new mark: that message's `seq`.
+    pub seq: i64,
+    /// That message's timestamp.
+    pub ts: i64,
+    /// When.
+    pub read_at: i64,
+    /// Whether both users allow read receipts (so the peer is told).
+    pub receipts: bool,
+    /// Messages the read turned from sent to delivered.
+    pub delivered: Vec<DeliveredMessage>,
 }
 
 /// Which page of a conversation.
@@ -161,6 +256,14 @@ pub enum PageRequest {
     After {
         /// Lower bound.
         after: i64,
+        /// Page size.
+        limit: usize,
+    },
+    /// The first `limit` messages edited or deleted after `since`
+    /// (exclusive), in the order they changed.
+    ChangedSince {
+        /// Lower bound on the time of change.
+        since: i64,
         /// Page size.
         limit: usize,
     },
@@ -185,6 +288,85 @@ pub struct ConversationSummary {
     pub peer_username: String,
     /// The newest message.
     pub last_message: StoredMessage,
+    /// Messages from the peer above the user's read mark.
+    pub unread_count: i64,
+    /// The user's read mark (0: nothing read).
+    pub last_read_seq: i64,
+    /// The peer's read mark, or 0 unless both allow read receipts.
+    pub peer_last_read_seq: i64,
+}
+
+/// Where a conversation's read marks stand, for its history.
+pub(crate) struct Standing {
+    /// The conversation's row.
+    pub(crate) id: i64,
+    /// Its lower user's row.
+    pub(crate) lo: i64,
+    /// The lower user's read mark.
+    pub(crate) lo_read_seq: i64,
+    /// The higher user's read mark.
+    pub(crate) hi_read_seq: i64,
+    /// Both users allow read receipts.
+    pub(crate) receipts: bool,
+}
+
+impl Standing {
+    /// Whether `m`'s recipient has read it, as both users may see.
+    pub(crate) fn read(&self, m: &StoredMessage, ids: crate::ids::IdCipher) -> bool {
+        let mark = if ids.user_row(m.recipient_id) == self.lo {
+            self.lo_read_seq
+        } else {
+            self.hi_read_seq
+        };
+        self.receipts && m.seq <= mark
+    }
+}
+
+/// A message as one of its two users may see it, for a read, an edit or a
+/// delete; each driver reads one.
+pub(crate) struct Seen {
+    /// Its row.
+    pub(crate) row: i64,
+    /// Its conversation's row.
+    pub(crate) conversation: i64,
+    /// Its sender's row.
+    pub(crate) sender: i64,
+    /// Its recipient's row.
+    pub(crate) recipient: i64,
+    /// Its place.
+    pub(crate) seq: i64,
+    /// Its time.
+    pub(crate) ts: i64,
+    /// Whether it is deleted.
+    pub(crate) deleted: bool,
+}
+
+impl Seen {
+    /// Why user `row` may not edit (with the edit `window` and the
+    /// conversation's block) or delete (`window` `None`) the message at
+    /// `now`, if they may not.
+    pub(crate) fn refusal(&self, row: i64, now: i64, edit: Option<(i64, bool)>) -> Option<WriteOutcome> {
+        if self.deleted {
+            Some(WriteOutcome::NotFound)
+        } else if self.sender != row {
+            Some(WriteOutcome::Forbidden)
+        } else if edit.is_some_and(|(window, _)| now.saturating_sub(self.ts) >= window) {
+            Some(WriteOutcome::EditWindowPassed)
+        } else if edit.is_some_and(|(_, blocked)| blocked) {
+            Some(WriteOutcome::Blocked)
+        } else {
+            None
+        }
+    }
+
+    /// The other user of the message, from user `row`'s side.
+    pub(crate) fn other_than(&self, row: i64) -> i64 {
+        if self.sender == row {
+            self.recipient
+        } else {
+            self.sender
+        }
+    }
 }
 
 /// One account to provision, with the session to open for it.

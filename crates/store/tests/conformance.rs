@@ -948,3 +948,202 @@ async fn two_nodes_writing_one_conversation_at_once_keep_seq_gap_free_and_keys_u
         .unwrap();
     assert_eq!(page.messages.len(), 80);
 }
+
+fn read(reader: UserId, message_id: MessageId) -> WriteOp {
+    WriteOp::Read { reader, message_id }
+}
+
+#[tokio::test]
+async fn a_read_mark_moves_only_up_delivers_what_it_covers_and_counts_unread() {
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let [a, b, c] = users(s, &["alice", "bob", "carol"]).await[..] else {
+            unreachable!()
+        };
+        let ops = vec![
+            send(a, b, "1", None),
+            send(a, b, "2", None),
+            send(b, a, "3", None),
+            send(a, b, "4", None),
+        ];
+        let out = s.write_batch(ops, 10).await.unwrap();
+        let ids: Vec<MessageId> = out.iter().map(|o| stored(o).0.id).collect();
+        let list = s.conversations(b, 10).await.unwrap();
+        assert_eq!(
+            (list[0].unread_count, list[0].last_read_seq, list[0].peer_last_read_seq),
+            (3, 0, 0),
+            "{driver}"
+        );
+        // Bob reads up to message 2: messages 1 and 2 are delivered on the way.
+        let out = s
+            .write_batch(vec![read(b, ids[1]), read(c, ids[0]), read(b, ids[0])], 50)
+            .await
+            .unwrap();
+        match &out[0] {
+            WriteOutcome::Read(mark) => {
+                assert_eq!(
+                    (
+                        mark.reader,
+                        mark.peer,
+                        mark.message_id,
+                        mark.seq,
+                        mark.read_at,
+                        mark.receipts
+                    ),
+                    (b, a, ids[1], 2, 50, true),
+                    "{driver}"
+                );
+                assert_eq!(
+                    mark.delivered.iter().map(|d| (d.id, d.seq)).collect::<Vec<_>>(),
+                    vec![(ids[0], 1), (ids[1], 2)],
+                    "{driver}"
+                );
+            }
+            other => panic!("{driver}: {other:?}"),
+        }
+        assert_eq!(out[1], WriteOutcome::NotFound, "{driver}: not carol's message");
+        assert_eq!(out[2], WriteOutcome::Unchanged, "{driver}: a mark never moves back");
+        let bobs = s.conversations(b, 10).await.unwrap();
+        assert_eq!(
+            (bobs[0].unread_count, bobs[0].last_read_seq, bobs[0].peer_last_read_seq),
+            (1, 2, 0),
+            "{driver}"
+        );
+        let alices = s.conversations(a, 10).await.unwrap();
+        assert_eq!(
+            (
+                alices[0].unread_count,
+                alices[0].last_read_seq,
+                alices[0].peer_last_read_seq
+            ),
+            (1, 0, 2),
+            "{driver}"
+        );
+        let page = s
+            .history(a, b, PageRequest::After { after: 0, limit: 10 })
+            .await
+            .unwrap();
+        let statuses: Vec<_> = page.messages.iter().map(|m| m.view().status).collect();
+        use dyad_protocol::MessageStatus::{Delivered, Read, Sent};
+        assert_eq!(statuses, vec![Read, Read, Sent, Sent], "{driver}");
+        assert_eq!(
+            s.pending(b, None, 10).await.unwrap().len(),
+            1,
+            "{driver}: only 4 is pending"
+        );
+        // With receipts off on one side, neither sees the other's mark.
+        let off = dyad_store::SettingsPatch {
+            read_receipts: Some(false),
+            presence: None,
+        };
+        s.update_settings(a, off).await.unwrap();
+        let page = s
+            .history(b, a, PageRequest::After { after: 0, limit: 10 })
+            .await
+            .unwrap();
+        let statuses: Vec<_> = page.messages.iter().map(|m| m.view().status).collect();
+        assert_eq!(statuses, vec![Delivered, Delivered, Sent, Sent], "{driver}");
+        let out = s.write_batch(vec![read(a, ids[2])], 60).await.unwrap();
+        match &out[0] {
+            WriteOutcome::Read(mark) => assert!(!mark.receipts, "{driver}"),
+            other => panic!("{driver}: {other:?}"),
+        }
+        let bobs = s.conversations(b, 10).await.unwrap();
+        assert_eq!((bobs[0].last_read_seq, bobs[0].peer_last_read_seq), (2, 0), "{driver}");
+    }
+}
+
+#[tokio::test]
+async fn edits_and_deletes_are_checked_stored_replayed_and_listed_in_order_of_change() {
+    const HOUR: i64 = 3_600_000;
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let [a, b, c] = users(s, &["alice", "bob", "carol"]).await[..] else {
+            unreachable!()
+        };
+        let out = s
+            .write_batch(vec![send(a, b, "first", None), send(a, b, "second", None)], 10)
+            .await
+            .unwrap();
+        let (m1, m2) = (stored(&out[0]).0.id, stored(&out[1]).0.id);
+        let edit = |who, id, text: &str, window| WriteOp::Edit {
+            editor: who,
+            message_id: id,
+            body: dyad_store::testing::body(text),
+            window,
+        };
+        let delete = |who, id| WriteOp::Delete {
+            deleter: who,
+            message_id: id,
+        };
+        let out = s
+            .write_batch(
+                vec![
+                    edit(c, m1, "x", HOUR),
+                    edit(b, m1, "x", HOUR),
+                    edit(a, m1, "x", 5),
+                    edit(a, m1, "first, fixed", HOUR),
+                    delete(b, m2),
+                    delete(a, m2),
+                    edit(a, m2, "too late", HOUR),
+                    delete(a, m2),
+                ],
+                20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out[0], WriteOutcome::NotFound, "{driver}: an outsider");
+        assert_eq!(out[1], WriteOutcome::Forbidden, "{driver}: the recipient");
+        assert_eq!(out[2], WriteOutcome::EditWindowPassed, "{driver}");
+        let WriteOutcome::Changed(edited) = &out[3] else {
+            panic!("{driver}: {:?}", out[3])
+        };
+        assert_eq!(
+            (edited.body.as_str(), edited.edited_at),
+            ("first, fixed", Some(20)),
+            "{driver}"
+        );
+        assert_eq!(out[4], WriteOutcome::Forbidden, "{driver}");
+        let WriteOutcome::Changed(deleted) = &out[5] else {
+            panic!("{driver}: {:?}", out[5])
+        };
+        // Two changes in one millisecond still get distinct, ordered times.
+        assert_eq!((deleted.body.as_str(), deleted.deleted_at), ("", Some(21)), "{driver}");
+        assert_eq!(out[6], WriteOutcome::NotFound, "{driver}: a deleted message is gone");
+        assert_eq!(out[7], WriteOutcome::NotFound, "{driver}");
+        // Replayed to the recipient as they are now.
+        let pending = s.pending(b, None, 10).await.unwrap();
+        let views: Vec<_> = pending.iter().map(|m| m.view()).collect();
+        assert_eq!(
+            views
+                .iter()
+                .map(|v| (v.message.as_str(), v.edited_at, v.deleted))
+                .collect::<Vec<_>>(),
+            vec![("first, fixed", Some(20), false), ("", None, true)],
+            "{driver}"
+        );
+        let changed = |since| s.history(b, a, PageRequest::ChangedSince { since, limit: 10 });
+        let all = changed(0).await.unwrap();
+        assert_eq!(
+            all.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![m1, m2],
+            "{driver}"
+        );
+        let later = changed(20).await.unwrap();
+        assert_eq!(
+            later.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![m2],
+            "{driver}"
+        );
+        // A block stops edits, not deletes.
+        let out = s.write_batch(vec![send(a, b, "third", None)], 30).await.unwrap();
+        let m3 = stored(&out[0]).0.id;
+        s.set_block(b, a, Some(40)).await.unwrap();
+        let out = s
+            .write_batch(vec![edit(a, m3, "changed", HOUR), delete(a, m3)], 50)
+            .await
+            .unwrap();
+        assert_eq!(out[0], WriteOutcome::Blocked, "{driver}");
+        assert!(matches!(out[1], WriteOutcome::Changed(_)), "{driver}: {:?}", out[1]);
+    }
+}

@@ -482,20 +482,26 @@ async fn passwd(path: &Path, from_stdin: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One message as a line: `[14:02] bob: text`, with ✓/✓✓ on your own.
+/// One message as a line: `[14:02] bob: text`, with ✓ (sent), ✓✓
+/// (delivered) or ✓✓ read on your own, and "(edited)" on an edited one.
 fn line(me: &Credentials, peer_name: &str, message: &MessageView, with_date: bool) -> String {
+    use dyad_client::protocol::MessageStatus;
     let mine = message.sender_id == me.user_id;
     let who = if mine { "you" } else { peer_name };
     let ticks = match (mine, message.status) {
         (false, _) => "",
-        (true, dyad_client::protocol::MessageStatus::Sent) => " ✓",
-        (true, dyad_client::protocol::MessageStatus::Delivered) => " ✓✓",
+        (true, MessageStatus::Sent) => " ✓",
+        (true, MessageStatus::Delivered) => " ✓✓",
+        (true, MessageStatus::Read) => " ✓✓ read",
     };
-    format!(
-        "[{}] {who}: {}{ticks}",
-        local_time(message.timestamp, with_date),
-        message.message
-    )
+    let text = if message.deleted {
+        "(message deleted)".to_owned()
+    } else if message.edited_at.is_some() {
+        format!("{} (edited)", message.message)
+    } else {
+        message.message.clone()
+    };
+    format!("[{}] {who}: {text}{ticks}", local_time(message.timestamp, with_date))
 }
 
 /// `ms` since the epoch as local wall time.

@@ -313,6 +313,54 @@ async fn a_block_holds_between_users_on_different_nodes() {
     }
 }
 
+/// Read marks, edits and deletes made on one node reach every connection of
+/// both users on the others, after the message they are about.
+#[tokio::test]
+async fn reads_edits_and_deletes_cross_nodes_in_order() {
+    let nodes = nodes(3, &redis_url()).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let mut alice_a = alice.connect().await;
+    let mut alice_c = on(&alice, c).await;
+    let mut bob_b = bob.connect().await;
+    let mut bob_c = on(&bob, c).await;
+    let m = alice_a.send_and_ack(bob.id, "helo", "k1").await.message_id;
+    // Edited at once, from another node than the send's: every connection
+    // still sees the message first.
+    alice_c.edit(m, "hello").await;
+    for conn in [&mut bob_b, &mut bob_c] {
+        assert_eq!(conn.expect_message().await.message_id, m);
+        assert_eq!(conn.expect_edited().await, (m, "hello".to_owned()));
+    }
+    assert_eq!(alice_c.expect_message().await.message_id, m, "the carbon");
+    assert_eq!(alice_c.expect_edited().await, (m, "hello".to_owned()));
+    assert_eq!(alice_a.expect_edited().await, (m, "hello".to_owned()));
+
+    bob_c.read_ack(m).await;
+    assert_eq!(alice_a.expect_delivered().await, m);
+    let read = (bob.id, alice.id, m, 1);
+    assert_eq!(alice_a.expect_read().await, read);
+    assert_eq!(
+        until(&mut alice_c, |e| matches!(e, ServerEvent::MessageRead { .. })
+            .then_some(()))
+        .await,
+        ()
+    );
+    assert_eq!(bob_b.expect_read().await, read);
+    assert_eq!(bob_c.expect_read().await, read);
+
+    alice_a.delete(m).await;
+    for conn in [&mut alice_a, &mut alice_c, &mut bob_b, &mut bob_c] {
+        assert_eq!(conn.expect_deleted().await, m);
+    }
+    let history = via(&bob, &c.base).history(alice.id, &[]).await;
+    assert_eq!((history[0].message.as_str(), history[0].deleted), ("", true));
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 /// What one connection saw of the conversation: each `seq` in order, and
 /// which of them were its own sends (acks).
 #[derive(Default)]

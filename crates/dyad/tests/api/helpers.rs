@@ -284,6 +284,56 @@ impl TestConn {
         }
     }
 
+    pub async fn read_ack(&mut self, message_id: MessageId) {
+        use dyad_client::protocol::ClientEvent;
+        self.0.send(&ClientEvent::ReadAck { message_id }).await.unwrap();
+    }
+
+    pub async fn edit(&mut self, message_id: MessageId, text: &str) {
+        use dyad_client::protocol::ClientEvent;
+        let edit = ClientEvent::EditMessage {
+            message_id,
+            message: text.into(),
+        };
+        self.0.send(&edit).await.unwrap();
+    }
+
+    pub async fn delete(&mut self, message_id: MessageId) {
+        use dyad_client::protocol::ClientEvent;
+        self.0.send(&ClientEvent::DeleteMessage { message_id }).await.unwrap();
+    }
+
+    /// `message_read`: (reader, peer, message, seq).
+    pub async fn expect_read(&mut self) -> (UserId, UserId, MessageId, i64) {
+        match self.next().await {
+            ServerEvent::MessageRead {
+                reader_id,
+                peer_id,
+                message_id,
+                seq,
+                ..
+            } => (reader_id, peer_id, message_id, seq),
+            other => panic!("expected message_read, got {other:?}"),
+        }
+    }
+
+    /// `message_edited`: (message, new text).
+    pub async fn expect_edited(&mut self) -> (MessageId, String) {
+        match self.next().await {
+            ServerEvent::MessageEdited {
+                message_id, message, ..
+            } => (message_id, message),
+            other => panic!("expected message_edited, got {other:?}"),
+        }
+    }
+
+    pub async fn expect_deleted(&mut self) -> MessageId {
+        match self.next().await {
+            ServerEvent::MessageDeleted { message_id, .. } => message_id,
+            other => panic!("expected message_deleted, got {other:?}"),
+        }
+    }
+
     pub async fn expect_presence(&mut self) -> PresenceView {
         match self.next().await {
             ServerEvent::Presence(p) => p,

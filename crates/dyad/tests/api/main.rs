@@ -9,6 +9,7 @@ mod admin;
 mod bench;
 mod blocks;
 mod browser;
+mod changes;
 mod cluster;
 mod crash;
 mod errors;

@@ -28,6 +28,9 @@ pub enum Payload {
     Message(Sequenced),
     /// `message_delivered` for the channel's user.
     Delivered(Sequenced),
+    /// `message_read`, `message_edited` or `message_deleted` for the
+    /// channel's user.
+    Change(Sequenced),
     /// A `typing` frame for the channel's user.
     Typing(Frame),
     /// Sessions of `user` were revoked.
@@ -76,6 +79,7 @@ impl Payload {
         match self {
             Payload::Message(s) => sequenced('m', s),
             Payload::Delivered(s) => sequenced('d', s),
+            Payload::Change(s) => sequenced('c', s),
             Payload::Typing(frame) => format!("{}\t{}", head('t'), frame.as_str()),
             Payload::Revoked {
                 user,
@@ -105,6 +109,7 @@ impl Payload {
         let payload = match kind {
             "m" => Payload::Message(sequenced(rest)?),
             "d" => Payload::Delivered(sequenced(rest)?),
+            "c" => Payload::Change(sequenced(rest)?),
             "t" => Payload::Typing(Frame::from(rest)),
             "r" => {
                 let (user, session) = rest.split_once('\t')?;
@@ -168,6 +173,7 @@ mod tests {
         let all = [
             Payload::Message(sequenced(1)),
             Payload::Delivered(sequenced(2)),
+            Payload::Change(sequenced(3)),
             Payload::Typing(Frame::from(r#"{"event":"typing"}"#)),
             Payload::Revoked {
                 user: UserId(7),

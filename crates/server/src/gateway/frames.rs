@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use dyad_protocol::events::{ErrorEvent, SendMessage};
-use dyad_protocol::{ClientEvent, ErrorCode, ServerEvent, UserId};
+use dyad_protocol::{ClientEvent, ErrorCode, MessageId, ServerEvent, UserId};
 use dyad_store::{NewMessage, WriteOp};
 use tokio::time::Instant;
 
 use crate::App;
 use crate::abuse::buckets::Bucket;
-use crate::codec::{encode, error_frame};
+use crate::codec::{encode, error_frame, message_error_frame};
 use crate::committer::Submission;
 use crate::domain::{ClientMsgId, MessageBody};
 use crate::hub::Peer;
@@ -64,7 +64,68 @@ pub(super) async fn handle_text(app: &App, peer: &Arc<Peer>, text: &str, typing:
         }
         ClientEvent::Typing { recipient_id } => typing.relay(app, peer, recipient_id).await,
         ClientEvent::Ping {} => peer.push(encode(&ServerEvent::Pong {})),
+        ClientEvent::ReadAck { message_id } => {
+            let op = WriteOp::Read {
+                reader: peer.user_id,
+                message_id,
+            };
+            change(app, peer, op).await;
+        }
+        ClientEvent::EditMessage { message_id, message } => {
+            let body = match MessageBody::parse(message, app.config.max_message_chars) {
+                Ok(body) => body,
+                Err(code) => return refuse_about(app, peer, code, message_id),
+            };
+            let op = WriteOp::Edit {
+                editor: peer.user_id,
+                message_id,
+                body,
+                window: i64::try_from(app.config.edit_window.as_millis()).unwrap_or(i64::MAX),
+            };
+            change(app, peer, op).await;
+        }
+        ClientEvent::DeleteMessage { message_id } => {
+            let op = WriteOp::Delete {
+                deleter: peer.user_id,
+                message_id,
+            };
+            change(app, peer, op).await;
+        }
     }
+}
+
+/// Queues a read, edit or delete; its answer (the change, to every
+/// connection concerned, or an error to this one) comes from the group
+/// commit. Each takes one of the connection's in-flight slots, as a send
+/// does, so that a client cannot queue them without bound.
+async fn change(app: &App, peer: &Arc<Peer>, op: WriteOp) {
+    let Ok(slot) = peer.sends_in_flight.clone().acquire_owned().await else {
+        return;
+    };
+    let submission = Submission {
+        op,
+        origin: Some(peer.clone()),
+        slot: Some(slot),
+    };
+    if app.commits.submit(submission).await.is_err() {
+        refuse(
+            app,
+            peer,
+            ErrorCode::Unavailable,
+            "the server is shutting down".into(),
+            None,
+        );
+    }
+}
+
+/// Refuses an edit whose text is empty or too long.
+fn refuse_about(app: &App, peer: &Peer, code: ErrorCode, message_id: MessageId) {
+    app.metrics.refused_frames.inc();
+    let why = match code {
+        ErrorCode::MessageTooLong => format!("messages are limited to {} characters", app.config.max_message_chars),
+        _ => "the message is empty".to_owned(),
+    };
+    peer.push(message_error_frame(code, &why, message_id));
 }
 
 #[tracing::instrument(level = "debug", skip_all,
@@ -97,6 +158,7 @@ async fn send_message(app: &App, peer: &Arc<Peer>, msg: SendMessage) {
             message: format!("too many messages; retry in {retry_after_ms} ms"),
             client_msg_id: echo(),
             retry_after_ms: Some(retry_after_ms),
+            message_id: None,
         })));
     }
     let Ok(slot) = peer.sends_in_flight.clone().acquire_owned().await else {

@@ -313,6 +313,7 @@ pub(crate) async fn user_status(
         ("user_id" = String, Path, description = "The other participant"),
         ("before" = Option<i64>, Query, description = "Exclusive bound, ms; the newest messages older than it, newest first"),
         ("after" = Option<i64>, Query, description = "Exclusive bound, ms; the oldest messages newer than it, oldest first"),
+        ("changed_since" = Option<i64>, Query, description = "Exclusive bound, ms; the messages edited or deleted after it, any age, in order of change"),
         ("limit" = Option<i64>, Query, description = "1-100, default 50", minimum = 1, maximum = 100),
     ),
     responses(
@@ -364,6 +365,9 @@ pub(crate) async fn conversations(
                 user_id: c.peer_id,
                 username: c.peer_username,
                 last_message: c.last_message.view(),
+                unread_count: c.unread_count,
+                last_read_seq: c.last_read_seq,
+                peer_last_read_seq: c.peer_last_read_seq,
             })
             .collect(),
     }))
@@ -374,10 +378,14 @@ fn page_request(params: Params) -> Result<PageRequest, ApiError> {
     let limit = int_param(&params, "limit", 1, 100)?.unwrap_or(50) as usize;
     let before = int_param(&params, "before", i64::MIN, i64::MAX)?;
     let after = int_param(&params, "after", i64::MIN, i64::MAX)?;
-    match (before, after) {
-        (Some(_), Some(_)) => Err(ApiError::InvalidParameter("give `before` or `after`, not both".into())),
-        (_, Some(after)) => Ok(PageRequest::After { after, limit }),
-        (before, None) => Ok(PageRequest::Before { before, limit }),
+    let changed_since = int_param(&params, "changed_since", i64::MIN, i64::MAX)?;
+    match (before, after, changed_since) {
+        (None, None, Some(since)) => Ok(PageRequest::ChangedSince { since, limit }),
+        (_, _, Some(_)) | (Some(_), Some(_), None) => Err(ApiError::InvalidParameter(
+            "give one of `before`, `after` and `changed_since`".into(),
+        )),
+        (_, Some(after), None) => Ok(PageRequest::After { after, limit }),
+        (before, None, None) => Ok(PageRequest::Before { before, limit }),
     }
 }
 

@@ -306,9 +306,9 @@ async fn fill_gaps(cursors: &mut Cursors, peer: &Peer, app: &App, ready: &mut Ve
         return;
     }
     for gap in cursors.due(now) {
-        let missing = usize::try_from(gap.upto_seq - gap.after_seq - 1).unwrap_or(0);
+        let missing = gap.missing();
         let mut found = Vec::new();
-        let mut before = gap.before_ts;
+        let mut before = gap.read_before();
         // Pages newest first, down to the last message passed on.
         while found.len() < missing {
             let page = PageRequest::Before {

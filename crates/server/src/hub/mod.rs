@@ -31,7 +31,7 @@ use crate::bus::{Bus, Payload, Revoked, Topic};
 use crate::clock::now_ms;
 use crate::cluster::{ClusterError, Shared};
 use crate::metrics::Metrics;
-use crate::outbound::{Cursors, Outbound};
+use crate::outbound::{Cursors, Kind, Outbound};
 use crate::presence::Presence;
 
 /// Sessions asked about in one store query when live sessions are checked
@@ -260,7 +260,8 @@ impl Hub {
     fn incoming(self: &Arc<Self>, topic: Topic, payload: Payload) {
         match (topic, payload) {
             (Topic::User(user), Payload::Message(message)) => self.deliver(user, &message, None),
-            (Topic::User(user), Payload::Delivered(notice)) => self.deliver_notice(user, &notice),
+            (Topic::User(user), Payload::Delivered(notice)) => self.deliver_notice(user, Kind::Delivered, &notice),
+            (Topic::User(user), Payload::Change(notice)) => self.deliver_notice(user, Kind::Change, &notice),
             (Topic::User(user), Payload::Typing(frame)) => {
                 self.relay_here(user, &frame);
             }

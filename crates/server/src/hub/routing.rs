@@ -2,7 +2,7 @@
 //! the bus, to every other node that holds the user's topic.
 
 use dyad_protocol::{ConnectionId, UserId};
-use dyad_store::{DeliveredMessage, StoredMessage};
+use dyad_store::{DeliveredMessage, ReadMark, StoredMessage};
 
 use super::Hub;
 use crate::bus::{Payload, Topic};
@@ -36,9 +36,47 @@ impl Hub {
             ts: 0,
             frame,
         };
-        self.deliver_notice(message.sender_id, &notice);
+        self.deliver_notice(message.sender_id, Kind::Delivered, &notice);
         self.bus
             .publish(Topic::User(message.sender_id), Payload::Delivered(notice));
+    }
+
+    /// Sends `message_read` to every connection of the reader and, if both
+    /// allow read receipts, of the peer, wherever they are.
+    pub fn route_read(&self, mark: &ReadMark, frame: Frame) {
+        let to_reader = Sequenced {
+            peer: mark.peer,
+            seq: mark.seq,
+            id: mark.message_id,
+            ts: mark.ts,
+            frame,
+        };
+        if mark.receipts {
+            let to_peer = Sequenced {
+                peer: mark.reader,
+                ..to_reader.clone()
+            };
+            self.notify(mark.peer, to_peer);
+        }
+        self.notify(mark.reader, to_reader);
+    }
+
+    /// Sends `message_edited` or `message_deleted` to every connection of
+    /// both users, wherever they are.
+    pub fn route_change(&self, message: &StoredMessage, frame: Frame) {
+        let to_recipient = Sequenced::of(message, message.sender_id, frame);
+        let to_sender = Sequenced {
+            peer: message.recipient_id,
+            ..to_recipient.clone()
+        };
+        self.notify(message.recipient_id, to_recipient);
+        self.notify(message.sender_id, to_sender);
+    }
+
+    /// A [`Kind::Change`] notice to `user`'s connections, here and elsewhere.
+    fn notify(&self, user: UserId, notice: Sequenced) {
+        self.deliver_notice(user, Kind::Change, &notice);
+        self.bus.publish(Topic::User(user), Payload::Change(notice));
     }
 
     /// Sends an ephemeral frame to every connection of `user`, wherever
@@ -58,12 +96,13 @@ impl Hub {
         }
     }
 
-    /// Sends `message_delivered` to each of `user`'s connections here; each
-    /// connection's cursors drop it if the connection never saw the message.
-    pub(super) fn deliver_notice(&self, user: UserId, notice: &Sequenced) {
+    /// Sends a notice about a message to each of `user`'s connections
+    /// here; each connection's cursors place it after the message (and drop
+    /// a `message_delivered` if the connection never saw the message).
+    pub(super) fn deliver_notice(&self, user: UserId, kind: Kind, notice: &Sequenced) {
         if let Some(entry) = self.users.get(&user) {
             for peer in entry.peers.iter() {
-                peer.send(Outbound::ordered(Kind::Delivered, notice.clone()));
+                peer.send(Outbound::ordered(kind, notice.clone()));
             }
         }
     }

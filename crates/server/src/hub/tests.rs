@@ -184,15 +184,14 @@ async fn the_last_of_several_devices_decides() {
 
 /// Message `seq` from `from` to `to`, as stored.
 fn stored(from: i64, to: i64, seq: i64) -> StoredMessage {
-    StoredMessage {
-        id: MessageId(100 + seq),
-        sender_id: UserId(from),
-        recipient_id: UserId(to),
-        body: "hi".into(),
-        timestamp: 1_000 + seq,
+    StoredMessage::new(
+        MessageId(100 + seq),
+        UserId(from),
+        UserId(to),
+        "hi".into(),
+        1_000 + seq,
         seq,
-        delivered_at: None,
-    }
+    )
 }
 
 /// The ordered items queued for a connection so far: kind, other side and seq.

@@ -23,15 +23,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     BlockView, ConversationSummary, MessageStore, NewSession, Page, PageRequest, PresenceVisibility,
-    ProvisionedAccount, SessionId, SessionInfo, SessionRecord, Settings, SettingsPatch, StoreError, StoreResult,
-    StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
+    ProvisionedAccount, SessionId, SessionInfo, SessionRecord, Settings, SettingsPatch, Standing, StoreError,
+    StoreResult, StoredMessage, TokenHash, UserRecord, WriteOp, WriteOutcome,
 };
 
 /// The columns `message` reads, in its order, from `messages m` joined with
 /// `deliveries d` (`FROM messages!()`).
 macro_rules! message_columns {
     () => {
-        "m.id, m.sender_id, m.recipient_id, m.body, m.ts, m.seq, d.delivered_at"
+        "m.id, m.sender_id, m.recipient_id, m.body, m.ts, m.seq, d.delivered_at, m.edited_at, m.deleted_at"
     };
 }
 use message_columns;
@@ -59,20 +59,24 @@ macro_rules! ending_sessions {
     };
 }
 
-/// A page of one conversation, `$3` the time bound: `$cmp` and `$order`
-/// pick older-than newest-first or newer-than oldest-first.
+/// A page of conversation `$1`, `$2` the bound: `$col`, `$cmp` and
+/// `$order` pick older-than newest-first, newer-than oldest-first, or
+/// changed-after in order of change.
 macro_rules! page_query {
-    ($cmp:literal, $order:literal) => {
+    ($col:literal, $cmp:literal, $order:literal) => {
         concat!(
             "SELECT ",
             message_columns!(),
             messages!(),
-            "WHERE m.conversation_id = (SELECT id FROM conversations WHERE user_lo = $1 AND user_hi = $2)
-               AND m.ts ",
+            "WHERE m.conversation_id = $1 AND m.",
+            $col,
+            " ",
             $cmp,
-            " $3 ORDER BY m.ts ",
+            " $2 ORDER BY m.",
+            $col,
+            " ",
             $order,
-            " LIMIT $4"
+            " LIMIT $3"
         )
     };
 }
@@ -170,6 +174,9 @@ fn message_at(row: &PgRow, at: usize, ids: IdCipher) -> sqlx::Result<StoredMessa
         timestamp: row.try_get(at + 4)?,
         seq: row.try_get(at + 5)?,
         delivered_at: row.try_get(at + 6)?,
+        edited_at: row.try_get(at + 7)?,
+        deleted_at: row.try_get(at + 8)?,
+        read: false,
     })
 }
 
@@ -589,13 +596,41 @@ impl MessageStore for PostgresStore {
     async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page> {
         let (a, b) = (self.ids.user_row(a), self.ids.user_row(b));
         let (lo, hi) = (a.min(b), a.max(b));
+        let standing = sqlx::query(
+            "SELECT c.id, c.lo_read_seq, c.hi_read_seq,
+                    (SELECT bool_and(read_receipts) FROM users WHERE id IN (c.user_lo, c.user_hi))
+             FROM conversations c WHERE c.user_lo = $1 AND c.user_hi = $2",
+        )
+        .bind(lo)
+        .bind(hi)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        let Some(standing) = standing else {
+            return Ok(Page {
+                messages: Vec::new(),
+                has_more: false,
+            });
+        };
+        let standing = (|| {
+            Ok::<_, sqlx::Error>(Standing {
+                id: standing.try_get(0)?,
+                lo,
+                lo_read_seq: standing.try_get(1)?,
+                hi_read_seq: standing.try_get(2)?,
+                receipts: standing.try_get::<Option<bool>, _>(3)?.unwrap_or(false),
+            })
+        })()
+        .map_err(backend)?;
         let (sql, bound, n) = match page {
-            PageRequest::Before { before, limit } => (page_query!("<", "DESC"), before.unwrap_or(i64::MAX), limit),
-            PageRequest::After { after, limit } => (page_query!(">", "ASC"), after, limit),
+            PageRequest::Before { before, limit } => {
+                (page_query!("ts", "<", "DESC"), before.unwrap_or(i64::MAX), limit)
+            }
+            PageRequest::After { after, limit } => (page_query!("ts", ">", "ASC"), after, limit),
+            PageRequest::ChangedSince { since, limit } => (page_query!("changed_at", ">", "ASC"), since, limit),
         };
         let rows = sqlx::query(sql)
-            .bind(lo)
-            .bind(hi)
+            .bind(standing.id)
             .bind(bound)
             .bind(limit(n).saturating_add(1))
             .fetch_all(&self.pool)
@@ -604,13 +639,16 @@ impl MessageStore for PostgresStore {
         let mut messages = each_row(&rows, |r| message(r, self.ids))?;
         let has_more = messages.len() > n;
         messages.truncate(n);
+        for m in &mut messages {
+            m.read = standing.read(m, self.ids);
+        }
         Ok(Page { messages, has_more })
     }
 
     async fn pending(&self, recipient: UserId, after: Option<MessageId>, n: usize) -> StoreResult<Vec<StoredMessage>> {
         let rows = sqlx::query(
             // A pending message is undelivered by definition.
-            "SELECT m.id, m.sender_id, m.recipient_id, m.body, m.ts, m.seq, NULL::int8
+            "SELECT m.id, m.sender_id, m.recipient_id, m.body, m.ts, m.seq, NULL::int8, m.edited_at, m.deleted_at
              FROM pending p JOIN messages m ON m.id = p.message_id
              WHERE p.recipient_id = $1 AND p.message_id > $2
              ORDER BY p.message_id LIMIT $3",
@@ -625,12 +663,22 @@ impl MessageStore for PostgresStore {
     }
 
     async fn conversations(&self, user: UserId, n: usize) -> StoreResult<Vec<ConversationSummary>> {
+        // Unread: the peer's messages above the user's read mark, found by
+        // time on the conversation's index.
         let rows = sqlx::query(concat!(
-            "SELECT u.id, CASE WHEN u.deleted_at IS NULL THEN u.username ELSE 'deleted account' END, ",
+            "SELECT u.id, CASE WHEN u.deleted_at IS NULL THEN u.username ELSE 'deleted account' END,
+                    c.my_read, c.peer_read,
+                    (SELECT bool_and(read_receipts) FROM users WHERE id IN ($1, c.peer)),
+                    (SELECT count(*) FROM messages x WHERE x.conversation_id = c.cid AND x.ts > c.my_read_ts
+                                                       AND x.sender_id = c.peer), ",
             message_columns!(),
-            " FROM (SELECT user_hi AS peer, last_message_id, last_ts FROM conversations WHERE user_lo = $1 AND last_seq > 0
+            " FROM (SELECT id AS cid, user_hi AS peer, lo_read_seq AS my_read, lo_read_ts AS my_read_ts,
+                          hi_read_seq AS peer_read, last_message_id, last_ts
+                   FROM conversations WHERE user_lo = $1 AND last_seq > 0
                    UNION ALL
-                   SELECT user_lo AS peer, last_message_id, last_ts FROM conversations WHERE user_hi = $1 AND last_seq > 0) AS c
+                   SELECT id AS cid, user_lo AS peer, hi_read_seq AS my_read, hi_read_ts AS my_read_ts,
+                          lo_read_seq AS peer_read, last_message_id, last_ts
+                   FROM conversations WHERE user_hi = $1 AND last_seq > 0) AS c
              JOIN users u ON u.id = c.peer
              JOIN messages m ON m.id = c.last_message_id
              LEFT JOIN deliveries d ON d.message_id = m.id
@@ -643,10 +691,22 @@ impl MessageStore for PostgresStore {
         .await
         .map_err(backend)?;
         each_row(&rows, |r| {
+            let (my_read, peer_read): (i64, i64) = (r.try_get(2)?, r.try_get(3)?);
+            let receipts = r.try_get::<Option<bool>, _>(4)?.unwrap_or(false);
+            let mut last_message = message_at(r, 6, self.ids)?;
+            let recipients_mark = if last_message.recipient_id == user {
+                my_read
+            } else {
+                peer_read
+            };
+            last_message.read = receipts && last_message.seq <= recipients_mark;
             Ok(ConversationSummary {
                 peer_id: self.ids.user(r.try_get(0)?),
                 peer_username: r.try_get(1)?,
-                last_message: message_at(r, 2, self.ids)?,
+                last_message,
+                unread_count: r.try_get(5)?,
+                last_read_seq: my_read,
+                peer_last_read_seq: if receipts { peer_read } else { 0 },
             })
         })
     }

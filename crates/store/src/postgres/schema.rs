@@ -103,6 +103,24 @@ ALTER TABLE users ADD COLUMN presence_visibility text NOT NULL DEFAULT 'everyone
 ALTER TABLE conversations ADD COLUMN lo_blocked_at bigint;
 ALTER TABLE conversations ADD COLUMN hi_blocked_at bigint;
 "#,
+    r#"
+-- Read marks: each side's seq up to which it has read the other's
+-- messages, and that message's ts (unread counts are an index range on
+-- (conversation_id, ts) above it).
+ALTER TABLE conversations
+    ADD COLUMN lo_read_seq bigint NOT NULL DEFAULT 0,
+    ADD COLUMN lo_read_ts  bigint NOT NULL DEFAULT 0,
+    ADD COLUMN hi_read_seq bigint NOT NULL DEFAULT 0,
+    ADD COLUMN hi_read_ts  bigint NOT NULL DEFAULT 0;
+-- Edits and deletes, the only updates a message row gets. A delete empties
+-- body; changed_at strictly increases within a conversation, for
+-- changed_since.
+ALTER TABLE messages
+    ADD COLUMN edited_at  bigint,
+    ADD COLUMN deleted_at bigint,
+    ADD COLUMN changed_at bigint;
+CREATE INDEX messages_changed ON messages (conversation_id, changed_at) WHERE changed_at IS NOT NULL;
+"#,
 ];
 
 /// Brings the database up to the newest schema.

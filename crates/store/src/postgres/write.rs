@@ -18,8 +18,11 @@ use sqlx::{PgConnection, Row};
 
 use super::{backend, message_at, message_columns, messages};
 use crate::ids::IdCipher;
-use crate::{DeliveredMessage, NewMessage, StoreResult, StoredMessage, WriteOp, WriteOutcome, client_key};
-use dyad_protocol::domain::ClientMsgId;
+use crate::{
+    DeliveredMessage, NewMessage, ReadMark, Seen, StoreResult, StoredMessage, WriteOp, WriteOutcome, client_key,
+};
+use dyad_protocol::domain::{ClientMsgId, MessageBody};
+use dyad_protocol::{MessageId, UserId};
 
 /// How often a batch is rerun after a deadlock before the error stands.
 const ATTEMPTS: usize = 4;
@@ -70,7 +73,7 @@ async fn run(conn: &mut PgConnection, ids: IdCipher, ops: &[WriteOp], now: i64) 
         .iter()
         .filter_map(|op| match op {
             WriteOp::Send(m) => Some(m),
-            WriteOp::Deliver { .. } => None,
+            _ => None,
         })
         .collect();
     // Deliveries first: they lock no conversation, so the locks the sends
@@ -85,9 +88,22 @@ async fn run(conn: &mut PgConnection, ids: IdCipher, ops: &[WriteOp], now: i64) 
     // Outcomes in the order of the operations.
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
+        // Reads, edits and deletes name messages that clients learned of
+        // from an ack or a `receive_message`, so never one of this batch:
+        // they go after the sends, one at a time (they are rare).
         let outcome = match op {
             WriteOp::Send(_) => stored.next(),
             WriteOp::Deliver { .. } => delivered.next().map(WriteOutcome::Delivered),
+            WriteOp::Read { reader, message_id } => Some(read(conn, ids, *reader, *message_id, now).await?),
+            WriteOp::Edit {
+                editor,
+                message_id,
+                body,
+                window,
+            } => Some(change(conn, ids, *editor, *message_id, Change::Edit(body, *window), now).await?),
+            WriteOp::Delete { deleter, message_id } => {
+                Some(change(conn, ids, *deleter, *message_id, Change::Delete, now).await?)
+            }
         };
         outcomes.push(outcome.ok_or_else(|| sqlx::Error::Protocol("batch outcome missing".into()))?);
     }
@@ -179,7 +195,7 @@ async fn store_sends(
     let mut originals: HashMap<(i64, String), StoredMessage> = HashMap::new();
     for row in &rows {
         // Hash matches are compared in full: a collision is a new message.
-        if let Some(key) = row.try_get::<Option<String>, _>(8)? {
+        if let Some(key) = row.try_get::<Option<String>, _>(10)? {
             let m = message_at(row, 1, ids)?;
             originals.insert((m.sender_id.get(), key), m);
         }
@@ -219,15 +235,14 @@ async fn store_sends(
         head.last_seq += 1;
         head.last_ts = now.max(head.last_ts + 1);
         head.last_message_id = id;
-        let message = StoredMessage {
-            id: ids.message(id),
-            sender_id: m.sender_id,
-            recipient_id: m.recipient_id,
-            body: m.body.as_str().to_owned(),
-            timestamp: head.last_ts,
-            seq: head.last_seq,
-            delivered_at: None,
-        };
+        let message = StoredMessage::new(
+            ids.message(id),
+            m.sender_id,
+            m.recipient_id,
+            m.body.as_str().to_owned(),
+            head.last_ts,
+            head.last_seq,
+        );
         let key = m.client_msg_id.as_ref().map(ClientMsgId::as_str);
         rows.push(ids, head.id, &message, key);
         // A second send with the same key in this batch is a retry of this one.
@@ -410,4 +425,166 @@ async fn deliver(
         }
     }
     Ok(lists)
+}
+
+/// The message `id` as `user` may see it, if `user` is one of its users.
+async fn seen_by(conn: &mut PgConnection, ids: IdCipher, user: UserId, id: MessageId) -> sqlx::Result<Option<Seen>> {
+    let row = ids.message_row(id);
+    let found = sqlx::query(
+        "SELECT conversation_id, sender_id, recipient_id, seq, ts, deleted_at IS NOT NULL FROM messages
+         WHERE id = $1 AND (sender_id = $2 OR recipient_id = $2)",
+    )
+    .bind(row)
+    .bind(ids.user_row(user))
+    .fetch_optional(&mut *conn)
+    .await?;
+    found
+        .map(|r| {
+            Ok(Seen {
+                row,
+                conversation: r.try_get(0)?,
+                sender: r.try_get(1)?,
+                recipient: r.try_get(2)?,
+                seq: r.try_get(3)?,
+                ts: r.try_get(4)?,
+                deleted: r.try_get(5)?,
+            })
+        })
+        .transpose()
+}
+
+/// Moves `reader`'s read mark up to the message, delivering what it covers.
+async fn read(
+    conn: &mut PgConnection,
+    ids: IdCipher,
+    reader: UserId,
+    message_id: MessageId,
+    now: i64,
+) -> sqlx::Result<WriteOutcome> {
+    let Some(m) = seen_by(conn, ids, reader, message_id).await? else {
+        return Ok(WriteOutcome::NotFound);
+    };
+    let reader_row = ids.user_row(reader);
+    let peer_row = m.other_than(reader_row);
+    let moved = if reader_row < peer_row {
+        "UPDATE conversations SET lo_read_seq = $2, lo_read_ts = $3 WHERE id = $1 AND lo_read_seq < $2"
+    } else {
+        "UPDATE conversations SET hi_read_seq = $2, hi_read_ts = $3 WHERE id = $1 AND hi_read_seq < $2"
+    };
+    let moved = sqlx::query(moved)
+        .bind(m.conversation)
+        .bind(m.seq)
+        .bind(m.ts)
+        .execute(&mut *conn)
+        .await?;
+    if moved.rows_affected() == 0 {
+        return Ok(WriteOutcome::Unchanged);
+    }
+    // The covered messages still pending are delivered, as by an ack; and
+    // whether both users allow read receipts, in the same round trip.
+    let rows = sqlx::query(
+        "WITH acked AS (
+             DELETE FROM pending p USING messages m
+             WHERE p.recipient_id = $1 AND m.id = p.message_id AND m.conversation_id = $2 AND m.seq <= $3
+             RETURNING p.message_id, m.seq),
+         marked AS (
+             INSERT INTO deliveries (message_id, delivered_at) SELECT message_id, $4 FROM acked
+             ON CONFLICT (message_id) DO NOTHING)
+         SELECT (SELECT bool_and(read_receipts) FROM users WHERE id IN ($1, $5)), a.message_id, a.seq
+         FROM (SELECT 1) AS one LEFT JOIN acked a ON true",
+    )
+    .bind(reader_row)
+    .bind(m.conversation)
+    .bind(m.seq)
+    .bind(now)
+    .bind(peer_row)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut receipts = false;
+    let mut delivered = Vec::new();
+    for row in rows {
+        receipts = row.try_get::<Option<bool>, _>(0)?.unwrap_or(false);
+        if let (Some(id), Some(seq)) = (row.try_get::<Option<i64>, _>(1)?, row.try_get::<Option<i64>, _>(2)?) {
+            delivered.push(DeliveredMessage {
+                id: ids.message(id),
+                sender_id: ids.user(peer_row),
+                recipient_id: reader,
+                seq,
+                delivered_at: now,
+            });
+        }
+    }
+    delivered.sort_by_key(|d| d.seq);
+    Ok(WriteOutcome::Read(ReadMark {
+        reader,
+        peer: ids.user(peer_row),
+        message_id,
+        seq: m.seq,
+        ts: m.ts,
+        read_at: now,
+        receipts,
+        delivered,
+    }))
+}
+
+/// What [`change`] does to a message.
+enum Change<'a> {
+    Edit(&'a MessageBody, i64),
+    Delete,
+}
+
+/// Edits or deletes a message after the checks [`WriteOp::Edit`] and
+/// [`WriteOp::Delete`] name; answers the message as it is now.
+async fn change(
+    conn: &mut PgConnection,
+    ids: IdCipher,
+    user: UserId,
+    message_id: MessageId,
+    change: Change<'_>,
+    now: i64,
+) -> sqlx::Result<WriteOutcome> {
+    let Some(m) = seen_by(conn, ids, user, message_id).await? else {
+        return Ok(WriteOutcome::NotFound);
+    };
+    // The conversation's lock orders changes made on two nodes at once, so
+    // that changed_at strictly increases within it.
+    let row = sqlx::query(
+        "SELECT c.lo_blocked_at IS NOT NULL OR c.hi_blocked_at IS NOT NULL,
+                (SELECT max(changed_at) FROM messages WHERE conversation_id = c.id AND changed_at IS NOT NULL)
+         FROM conversations c WHERE c.id = $1 FOR UPDATE OF c",
+    )
+    .bind(m.conversation)
+    .fetch_one(&mut *conn)
+    .await?;
+    let blocked: bool = row.try_get(0)?;
+    let at = now.max(row.try_get::<Option<i64>, _>(1)?.map_or(i64::MIN, |l| l + 1));
+    let edit = match change {
+        Change::Edit(_, window) => Some((window, blocked)),
+        Change::Delete => None,
+    };
+    if let Some(refused) = m.refusal(ids.user_row(user), now, edit) {
+        return Ok(refused);
+    }
+    match change {
+        Change::Edit(body, _) => {
+            sqlx::query("UPDATE messages SET body = $2, edited_at = $3, changed_at = $3 WHERE id = $1")
+                .bind(m.row)
+                .bind(body.as_str())
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Change::Delete => {
+            sqlx::query("UPDATE messages SET body = '', deleted_at = $2, changed_at = $2 WHERE id = $1")
+                .bind(m.row)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    let row = sqlx::query(concat!("SELECT ", message_columns!(), messages!(), "WHERE m.id = $1"))
+        .bind(m.row)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(WriteOutcome::Changed(message_at(&row, 0, ids)?))
 }

@@ -45,9 +45,11 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 
 /// The SQLite message store.
 pub struct SqliteStore {
-    /// Dropping it stops the checkpointer thread.
-    _checkpointer: mpsc::Sender<()>,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    /// The checkpointer thread, and the sender whose drop stops it.
+    checkpointer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// The writer thread's queue (`None` once closed) and the thread.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
     reader_slots: Semaphore,
     path: PathBuf,
@@ -65,11 +67,11 @@ impl std::fmt::Debug for SqliteStore {
 /// Starts the thread that checkpoints the WAL every [`CHECKPOINT_EVERY`]
 /// (PASSIVE: it never blocks the writer or readers). It ends when the
 /// returned sender is dropped.
-fn spawn_checkpointer(path: &Path) -> StoreResult<mpsc::Sender<()>> {
+fn spawn_checkpointer(path: &Path) -> StoreResult<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
     let conn = Connection::open(path).map_err(backend)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
     let (stop, stopped) = mpsc::channel::<()>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("dyad-sqlite-checkpoint".into())
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
@@ -79,7 +81,7 @@ fn spawn_checkpointer(path: &Path) -> StoreResult<mpsc::Sender<()>> {
             }
         })
         .map_err(backend)?;
-    Ok(stop)
+    Ok((stop, thread))
 }
 
 /// Makes the database readable by its owner only: a folder it creates is
@@ -146,6 +148,9 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
             .map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        // Deleted and replaced text is overwritten with zeros, not just
+        // unlinked: a deleted message's text is gone from the file.
+        conn.pragma_update(None, "secure_delete", "ON").map_err(backend)?;
         schema::migrate(&mut conn).map_err(backend)?;
         let ids = schema::id_cipher(&conn).map_err(backend)?;
         let mut readers = Vec::with_capacity(READERS);
@@ -161,11 +166,12 @@ impl SqliteStore {
             r.pragma_update(None, "mmap_size", READER_MMAP_BYTES).map_err(backend)?;
             readers.push(r);
         }
-        let jobs = Writer::spawn(conn, ids).map_err(backend)?;
+        let (jobs, writer) = Writer::spawn(conn, ids).map_err(backend)?;
         let checkpointer = spawn_checkpointer(path)?;
         Ok(SqliteStore {
-            _checkpointer: checkpointer,
-            jobs: Mutex::new(jobs),
+            checkpointer: Some(checkpointer),
+            jobs: Mutex::new(Some(jobs)),
+            writer: Some(writer),
             readers: Mutex::new(readers),
             reader_slots: Semaphore::new(READERS),
             path: path.to_owned(),
@@ -185,6 +191,8 @@ impl SqliteStore {
         self.jobs
             .lock()
             .map_err(|_| StoreError::Closed)?
+            .as_ref()
+            .ok_or(StoreError::Closed)?
             .send(job)
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -210,6 +218,28 @@ impl SqliteStore {
         .map_err(backend)?;
         self.readers.lock().map_err(|_| StoreError::Closed)?.push(conn);
         result.map_err(backend)
+    }
+}
+
+/// Closes every connection, the writer's last: the last connection to
+/// close checkpoints the WAL into the database and deletes it, so that a
+/// clean stop leaves one file (and no copy of deleted text in a WAL).
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.clear();
+        }
+        if let Some((stop, thread)) = self.checkpointer.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Some(writer) = self.writer.take() {
+            // It finishes the jobs already queued first.
+            let _ = writer.join();
+        }
     }
 }
 

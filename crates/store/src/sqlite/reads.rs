@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{self, MESSAGE_COLUMNS, message_columns};
 use crate::ids::IdCipher;
-use crate::{ConversationSummary, Page, PageRequest, StoredMessage};
+use crate::{ConversationSummary, Page, PageRequest, Standing, StoredMessage};
 
 pub(super) fn history(
     c: &Connection,
@@ -16,42 +16,61 @@ pub(super) fn history(
 ) -> rusqlite::Result<Page> {
     let (a, b) = (ids.user_row(a), ids.user_row(b));
     let (lo, hi) = (a.min(b), a.max(b));
-    let conversation: Option<i64> = c
-        .prepare_cached("SELECT id FROM conversations WHERE user_lo = ?1 AND user_hi = ?2")?
-        .query_row(params![lo, hi], |r| r.get(0))
+    let standing = c
+        .prepare_cached(
+            "SELECT c.id, c.lo_read_seq, c.hi_read_seq,
+                    (SELECT MIN(read_receipts) FROM users WHERE id IN (c.user_lo, c.user_hi))
+             FROM conversations c WHERE c.user_lo = ?1 AND c.user_hi = ?2",
+        )?
+        .query_row(params![lo, hi], |r| {
+            Ok(Standing {
+                id: r.get(0)?,
+                lo,
+                lo_read_seq: r.get(1)?,
+                hi_read_seq: r.get(2)?,
+                receipts: r.get::<_, Option<bool>>(3)?.unwrap_or(false),
+            })
+        })
         .optional()?;
-    let Some(conversation) = conversation else {
+    let Some(standing) = standing else {
         return Ok(Page {
             messages: Vec::new(),
             has_more: false,
         });
     };
-    // `?2` is the time bound: older-than newest-first, or newer-than oldest-first.
+    // `?2` is the bound: older-than newest-first, newer-than oldest-first,
+    // or changed-after in order of change.
     macro_rules! page_query {
-        ($cmp:literal, $order:literal) => {
+        ($col:literal, $cmp:literal, $order:literal) => {
             concat!(
                 "SELECT ",
                 message_columns!(),
-                " FROM messages WHERE conversation_id = ?1 AND ts ",
+                " FROM messages WHERE conversation_id = ?1 AND ",
+                $col,
+                " ",
                 $cmp,
-                " ?2 ORDER BY ts ",
+                " ?2 ORDER BY ",
+                $col,
+                " ",
                 $order,
                 " LIMIT ?3"
             )
         };
     }
     let (sql, bound, limit) = match page {
-        PageRequest::Before { before, limit } => (page_query!("<", "DESC"), before.unwrap_or(i64::MAX), limit),
-        PageRequest::After { after, limit } => (page_query!(">", "ASC"), after, limit),
+        PageRequest::Before { before, limit } => (page_query!("ts", "<", "DESC"), before.unwrap_or(i64::MAX), limit),
+        PageRequest::After { after, limit } => (page_query!("ts", ">", "ASC"), after, limit),
+        PageRequest::ChangedSince { since, limit } => (page_query!("changed_at", ">", "ASC"), since, limit),
     };
     let mut messages = c
         .prepare_cached(sql)?
-        .query_map(params![conversation, bound, limit as i64 + 1], |r| {
-            rows::message(r, ids)
-        })?
+        .query_map(params![standing.id, bound, limit as i64 + 1], |r| rows::message(r, ids))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let has_more = messages.len() > limit;
     messages.truncate(limit);
+    for m in &mut messages {
+        m.read = standing.read(m, ids);
+    }
     Ok(Page { messages, has_more })
 }
 
@@ -87,21 +106,44 @@ pub(super) fn conversations(
         .map(|col| format!("m.{col}"))
         .collect::<Vec<_>>()
         .join(", ");
+    // Unread: the peer's messages above the user's read mark, found by time
+    // on the conversation's index.
     c.prepare_cached(&format!(
-        "SELECT u.id, CASE WHEN u.deleted_at IS NULL THEN u.username ELSE 'deleted account' END, {columns}
-         FROM (SELECT user_hi AS peer, last_message_id, last_ts FROM conversations WHERE user_lo = ?1 AND last_seq > 0
+        "SELECT u.id, CASE WHEN u.deleted_at IS NULL THEN u.username ELSE 'deleted account' END,
+                c.my_read, c.peer_read,
+                (SELECT MIN(read_receipts) FROM users WHERE id IN (?1, c.peer)),
+                (SELECT COUNT(*) FROM messages x WHERE x.conversation_id = c.cid AND x.ts > c.my_read_ts
+                                                   AND x.sender_id = c.peer),
+                {columns}
+         FROM (SELECT id AS cid, user_hi AS peer, lo_read_seq AS my_read, lo_read_ts AS my_read_ts,
+                      hi_read_seq AS peer_read, last_message_id, last_ts
+               FROM conversations WHERE user_lo = ?1 AND last_seq > 0
                UNION ALL
-               SELECT user_lo AS peer, last_message_id, last_ts FROM conversations WHERE user_hi = ?1 AND last_seq > 0) AS c
+               SELECT id AS cid, user_lo AS peer, hi_read_seq AS my_read, hi_read_ts AS my_read_ts,
+                      lo_read_seq AS peer_read, last_message_id, last_ts
+               FROM conversations WHERE user_hi = ?1 AND last_seq > 0) AS c
          JOIN users u ON u.id = c.peer
          JOIN messages m ON m.id = c.last_message_id
          ORDER BY c.last_ts DESC
          LIMIT ?2"
     ))?
     .query_map(params![ids.user_row(user), limit as i64], |r| {
+        let (my_read, peer_read): (i64, i64) = (r.get(2)?, r.get(3)?);
+        let receipts = r.get::<_, Option<bool>>(4)?.unwrap_or(false);
+        let mut last_message = rows::message_at(r, 6, ids)?;
+        let recipients_mark = if last_message.recipient_id == user {
+            my_read
+        } else {
+            peer_read
+        };
+        last_message.read = receipts && last_message.seq <= recipients_mark;
         Ok(ConversationSummary {
             peer_id: ids.user(r.get(0)?),
             peer_username: r.get(1)?,
-            last_message: rows::message_at(r, 2, ids)?,
+            last_message,
+            unread_count: r.get(5)?,
+            last_read_seq: my_read,
+            peer_last_read_seq: if receipts { peer_read } else { 0 },
         })
     })?
     .collect()

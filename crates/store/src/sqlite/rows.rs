@@ -11,7 +11,7 @@ use crate::{PresenceVisibility, Settings, StoredMessage, UserRecord};
 /// on the writer's hot path among others.
 macro_rules! message_columns {
     () => {
-        "id, sender_id, recipient_id, body, ts, seq, delivered_at"
+        "id, sender_id, recipient_id, body, ts, seq, delivered_at, edited_at, deleted_at"
     };
 }
 pub(super) use message_columns;
@@ -41,6 +41,9 @@ pub(super) fn message_at(row: &Row<'_>, at: usize, ids: IdCipher) -> rusqlite::R
         timestamp: row.get(at + 4)?,
         seq: row.get(at + 5)?,
         delivered_at: row.get(at + 6)?,
+        edited_at: row.get(at + 7)?,
+        deleted_at: row.get(at + 8)?,
+        read: false,
     })
 }
 

@@ -94,6 +94,22 @@ ALTER TABLE users ADD COLUMN presence_visibility TEXT NOT NULL DEFAULT 'everyone
 ALTER TABLE conversations ADD COLUMN lo_blocked_at INTEGER;
 ALTER TABLE conversations ADD COLUMN hi_blocked_at INTEGER;
 "#,
+    r#"
+-- Read marks: each side's `seq` up to which it has read the other's
+-- messages, and that message's `ts` (unread counts are an index range on
+-- (conversation_id, ts) above it).
+ALTER TABLE conversations ADD COLUMN lo_read_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN lo_read_ts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN hi_read_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN hi_read_ts INTEGER NOT NULL DEFAULT 0;
+-- Edits and deletes. A delete empties `body` (secure_delete zeroes the old
+-- bytes); `changed_at` strictly increases within a conversation, for
+-- `changed_since`.
+ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+ALTER TABLE messages ADD COLUMN deleted_at INTEGER;
+ALTER TABLE messages ADD COLUMN changed_at INTEGER;
+CREATE INDEX messages_changed ON messages (conversation_id, changed_at) WHERE changed_at IS NOT NULL;
+"#,
 ];
 
 /// Fills `client_key` for rows written before it existed (step 2).

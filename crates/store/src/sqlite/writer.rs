@@ -10,8 +10,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::rows::{self, message_columns};
 use crate::ids::IdCipher;
-use crate::{DeliveredMessage, NewMessage, StoreError, StoreResult, StoredMessage, WriteOp, WriteOutcome, client_key};
-use dyad_protocol::domain::ClientMsgId;
+use crate::{
+    DeliveredMessage, NewMessage, ReadMark, Seen, StoreError, StoreResult, StoredMessage, WriteOp, WriteOutcome,
+    client_key,
+};
+use dyad_protocol::domain::{ClientMsgId, MessageBody};
 
 /// A unit of work for the writer thread.
 pub(super) type Job = Box<dyn FnOnce(&mut Writer) + Send>;
@@ -42,9 +45,12 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread; it ends when every sender of jobs is dropped.
-    pub(super) fn spawn(conn: Connection, ids: IdCipher) -> std::io::Result<mpsc::Sender<Job>> {
+    pub(super) fn spawn(
+        conn: Connection,
+        ids: IdCipher,
+    ) -> std::io::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("dyad-sqlite-writer".into())
             .spawn(move || {
                 let mut writer = Writer {
@@ -57,7 +63,7 @@ impl Writer {
                     job(&mut writer);
                 }
             })?;
-        Ok(tx)
+        Ok((tx, thread))
     }
 
     /// Runs a batch as one transaction; see [`crate::MessageStore::write_batch`].
@@ -95,6 +101,14 @@ impl Writer {
                     recipient_id,
                     message_ids,
                 } => WriteOutcome::Delivered(deliver(&tx, ids, recipient_id, &message_ids, now)?),
+                WriteOp::Read { reader, message_id } => read(&tx, ids, reader, message_id, now)?,
+                WriteOp::Edit {
+                    editor,
+                    message_id,
+                    body,
+                    window,
+                } => change(&tx, ids, editor, message_id, Change::Edit { body, window }, now)?,
+                WriteOp::Delete { deleter, message_id } => change(&tx, ids, deleter, message_id, Change::Delete, now)?,
             };
             outcomes.push(outcome);
         }
@@ -227,15 +241,14 @@ fn send(
     heads.insert(conversation, head);
     touched.insert(conversation);
     Ok(WriteOutcome::Stored {
-        message: StoredMessage {
-            id: ids.message(id),
-            sender_id: msg.sender_id,
-            recipient_id: msg.recipient_id,
-            body: msg.body.into_inner(),
-            timestamp: ts,
+        message: StoredMessage::new(
+            ids.message(id),
+            msg.sender_id,
+            msg.recipient_id,
+            msg.body.into_inner(),
+            ts,
             seq,
-            delivered_at: None,
-        },
+        ),
         duplicate: false,
     })
 }
@@ -317,4 +330,146 @@ fn deliver(
         });
     }
     Ok(delivered)
+}
+
+/// The message `id` as `user` may see it, if `user` is one of its users.
+fn seen_by(
+    tx: &rusqlite::Transaction<'_>,
+    ids: IdCipher,
+    user: UserId,
+    id: MessageId,
+) -> rusqlite::Result<Option<Seen>> {
+    let row = ids.message_row(id);
+    let user = ids.user_row(user);
+    tx.prepare_cached(
+        "SELECT conversation_id, sender_id, recipient_id, seq, ts, deleted_at IS NOT NULL FROM messages
+         WHERE id = ?1 AND (sender_id = ?2 OR recipient_id = ?2)",
+    )?
+    .query_row(params![row, user], |r| {
+        Ok(Seen {
+            row,
+            conversation: r.get(0)?,
+            sender: r.get(1)?,
+            recipient: r.get(2)?,
+            seq: r.get(3)?,
+            ts: r.get(4)?,
+            deleted: r.get(5)?,
+        })
+    })
+    .optional()
+}
+
+/// Moves `reader`'s read mark up to the message, delivering what it covers.
+fn read(
+    tx: &rusqlite::Transaction<'_>,
+    ids: IdCipher,
+    reader: UserId,
+    message_id: MessageId,
+    now: i64,
+) -> rusqlite::Result<WriteOutcome> {
+    let Some(m) = seen_by(tx, ids, reader, message_id)? else {
+        return Ok(WriteOutcome::NotFound);
+    };
+    let reader_row = ids.user_row(reader);
+    let peer_row = m.other_than(reader_row);
+    // One statement per side, so that each is a plain cached statement.
+    let moved = if reader_row < peer_row {
+        "UPDATE conversations SET lo_read_seq = ?2, lo_read_ts = ?3 WHERE id = ?1 AND lo_read_seq < ?2"
+    } else {
+        "UPDATE conversations SET hi_read_seq = ?2, hi_read_ts = ?3 WHERE id = ?1 AND hi_read_seq < ?2"
+    };
+    if tx
+        .prepare_cached(moved)?
+        .execute(params![m.conversation, m.seq, m.ts])?
+        == 0
+    {
+        return Ok(WriteOutcome::Unchanged);
+    }
+    let covered: Vec<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT id, seq FROM messages
+             WHERE recipient_id = ?1 AND delivered_at IS NULL AND conversation_id = ?2 AND seq <= ?3",
+        )?
+        .query_map(params![reader_row, m.conversation, m.seq], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut mark = tx.prepare_cached("UPDATE messages SET delivered_at = ?2 WHERE id = ?1")?;
+    let mut delivered = Vec::with_capacity(covered.len());
+    for (row, seq) in covered {
+        mark.execute(params![row, now])?;
+        delivered.push(DeliveredMessage {
+            id: ids.message(row),
+            sender_id: ids.user(peer_row),
+            recipient_id: reader,
+            seq,
+            delivered_at: now,
+        });
+    }
+    let receipts: bool = tx
+        .prepare_cached("SELECT MIN(read_receipts) FROM users WHERE id IN (?1, ?2)")?
+        .query_row(params![reader_row, peer_row], |r| r.get(0))?;
+    Ok(WriteOutcome::Read(ReadMark {
+        reader,
+        peer: ids.user(peer_row),
+        message_id,
+        seq: m.seq,
+        ts: m.ts,
+        read_at: now,
+        receipts,
+        delivered,
+    }))
+}
+
+/// What [`change`] does to a message.
+enum Change {
+    Edit { body: MessageBody, window: i64 },
+    Delete,
+}
+
+/// Edits or deletes a message after the checks [`WriteOp::Edit`] and
+/// [`WriteOp::Delete`] name; answers the message as it is now.
+fn change(
+    tx: &rusqlite::Transaction<'_>,
+    ids: IdCipher,
+    user: UserId,
+    message_id: MessageId,
+    change: Change,
+    now: i64,
+) -> rusqlite::Result<WriteOutcome> {
+    let Some(m) = seen_by(tx, ids, user, message_id)? else {
+        return Ok(WriteOutcome::NotFound);
+    };
+    // The block, and the conversation's last change: `changed_at` strictly
+    // increases within it, so `changed_since` pages never split two changes
+    // made in one millisecond.
+    let (blocked, last): (bool, Option<i64>) = tx
+        .prepare_cached(
+            "SELECT c.lo_blocked_at IS NOT NULL OR c.hi_blocked_at IS NOT NULL,
+                    (SELECT MAX(changed_at) FROM messages WHERE conversation_id = c.id AND changed_at IS NOT NULL)
+             FROM conversations c WHERE c.id = ?1",
+        )?
+        .query_row([m.conversation], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let edit = match &change {
+        Change::Edit { window, .. } => Some((*window, blocked)),
+        Change::Delete => None,
+    };
+    if let Some(refused) = m.refusal(ids.user_row(user), now, edit) {
+        return Ok(refused);
+    }
+    let at = now.max(last.map_or(i64::MIN, |l| l + 1));
+    match change {
+        Change::Edit { body, .. } => {
+            tx.prepare_cached("UPDATE messages SET body = ?2, edited_at = ?3, changed_at = ?3 WHERE id = ?1")?
+                .execute(params![m.row, body.as_str(), at])?;
+        }
+        Change::Delete => {
+            tx.prepare_cached("UPDATE messages SET body = '', deleted_at = ?2, changed_at = ?2 WHERE id = ?1")?
+                .execute(params![m.row, at])?;
+        }
+    }
+    let now_stored = tx
+        .prepare_cached(concat!("SELECT ", message_columns!(), " FROM messages WHERE id = ?1"))?
+        .query_row([m.row], |r| rows::message(r, ids))?;
+    Ok(WriteOutcome::Changed(now_stored))
 }
