@@ -236,6 +236,12 @@ impl Client {
         decode(request.send().await?).await
     }
 
+    /// `GET /api/v1/search?q=…`, with optional `before` and `limit`.
+    pub async fn search(&self, query: &[(&str, String)]) -> Result<HistoryPage, ClientError> {
+        let request = self.authed(Method::GET, "/api/v1/search")?.query(query);
+        decode(request.send().await?).await
+    }
+
     /// `GET /api/v1/conversations`.
     pub async fn conversations(&self) -> Result<ConversationList, ClientError> {
         decode(self.authed(Method::GET, "/api/v1/conversations")?.send().await?).await

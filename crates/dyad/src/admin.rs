@@ -103,6 +103,50 @@ const FILL_BATCH: usize = 4096;
 /// so that `before` values between it and the end land at every depth.
 pub const FILL_EPOCH: i64 = 1_700_000_000_000;
 
+/// Distinct words in the fill's text.
+pub const VOCABULARY: u64 = 20_000;
+/// Words per filled message (after "fill message N").
+const FILL_WORDS: usize = 8;
+
+/// Word `rank` of the fill's vocabulary (0 is the most common): syllables
+/// spelled from the rank's digits, so every rank has its own word.
+pub fn fill_word(rank: u64) -> String {
+    const SYLLABLES: [&str; 20] = [
+        "ka", "lo", "mi", "nu", "pe", "ra", "so", "ti", "vu", "ze", "bo", "da", "fe", "gi", "ho", "ju", "ke", "li",
+        "mo", "na",
+    ];
+    let mut word = String::new();
+    let mut r = rank + 1;
+    while r > 0 {
+        word.push_str(SYLLABLES[(r % 20) as usize]);
+        r /= 20;
+    }
+    word
+}
+
+/// A rank drawn from `x` (a random number) log-uniformly, as word use
+/// roughly goes (Zipf): rank 0 about as often as ranks 1-2, those as 3-6…
+pub fn zipf_rank(x: u64) -> u64 {
+    let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+    ((VOCABULARY as f64).powf(u) as u64)
+        .saturating_sub(1)
+        .min(VOCABULARY - 1)
+}
+
+/// The text of filled message `i`.
+fn fill_text(i: usize) -> String {
+    let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut text = format!("fill message {i}");
+    for _ in 0..FILL_WORDS {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        text.push(' ');
+        text.push_str(&fill_word(zipf_rank(x)));
+    }
+    text
+}
+
 /// `dyad admin user …`: the names and passwords obey the same rules as
 /// registration over the API.
 async fn user(command: UserCommand) -> anyhow::Result<()> {
@@ -176,8 +220,7 @@ async fn fill(args: FillArgs) -> anyhow::Result<()> {
                 Ok(dyad_store::WriteOp::Send(dyad_store::NewMessage {
                     sender_id: users[from].id,
                     recipient_id: users[from ^ 1].id,
-                    body: MessageBody::parse(format!("fill message {i} {}", "x".repeat(64)), usize::MAX)
-                        .map_err(invalid)?,
+                    body: MessageBody::parse(fill_text(i), usize::MAX).map_err(invalid)?,
                     client_msg_id: Some(ClientMsgId::parse(format!("fill-{i}")).map_err(invalid)?),
                 }))
             })

@@ -109,9 +109,54 @@ impl ClientMsgId {
     }
 }
 
+/// What to search for: 1–16 words of at most 64 characters each, from a
+/// query of at most 256 characters. A word is a run of letters and digits
+/// (any script); everything else separates words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchText(Vec<String>);
+
+impl SearchText {
+    /// Most characters in a query.
+    pub const MAX_CHARS: usize = 256;
+    /// Most words in a query.
+    pub const MAX_WORDS: usize = 16;
+    /// Most characters in a word.
+    pub const MAX_WORD_CHARS: usize = 64;
+
+    /// Splits a query into words; `None` if it has none, or is too long.
+    pub fn parse(raw: &str) -> Option<Self> {
+        if raw.chars().count() > Self::MAX_CHARS {
+            return None;
+        }
+        let words: Vec<String> = raw
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let fits = |w: &String| w.chars().count() <= Self::MAX_WORD_CHARS;
+        (!words.is_empty() && words.len() <= Self::MAX_WORDS && words.iter().all(fits)).then_some(SearchText(words))
+    }
+
+    /// The words, as typed (each store folds case its own way).
+    pub fn words(&self) -> &[String] {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_is_split_into_words_of_any_script() {
+        let words = |q: &str| SearchText::parse(q).map(|s| s.0);
+        assert_eq!(words("Grüße, Ünal!"), Some(vec!["Grüße".into(), "Ünal".into()]));
+        assert_eq!(words("ночь  и 42"), Some(vec!["ночь".into(), "и".into(), "42".into()]));
+        assert_eq!(words(" \"*:() "), None, "no word at all");
+        assert_eq!(words(&"a ".repeat(17)), None, "too many words");
+        assert_eq!(words(&"x".repeat(65)), None, "a word too long");
+        assert_eq!(words(&"x ".repeat(129)), None, "too long");
+    }
 
     #[test]
     fn usernames_fold_and_check_their_alphabet() {

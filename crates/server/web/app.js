@@ -39,7 +39,14 @@ const state = {
   pendingAcks: new Set(),
   refreshPending: false,
   lastTypingSent: 0,
+  editing: null, // {message_id, peer}: the composer edits this message
+  menuFor: null, // message_id whose menu is open
+  search: null, // {query, messages} while search results are shown
+  settingsOpen: false,
 };
+
+// A message's status only moves forward.
+const STATUS_RANK = { queued: 0, sent: 1, delivered: 2, read: 3 };
 
 // ---------------------------------------------------------------- storage
 
@@ -143,6 +150,8 @@ function signedOut() {
   state.chats.clear();
   state.open = null;
   state.outbox = [];
+  state.search = null;
+  state.editing = null;
   $("app").hidden = true;
   $("auth").hidden = false;
   $("message-list").replaceChildren();
@@ -224,6 +233,9 @@ function onEvent(event, data) {
     case "message_delivered": return onDelivered(data);
     case "presence": return onPresence(data);
     case "typing": return onTyping(data);
+    case "message_read": return onRead(data);
+    case "message_edited": return onChanged(data, { message: data.message, edited_at: data.edited_at });
+    case "message_deleted": return onChanged(data, { message: "", deleted: true });
     case "error": return onError(data);
     default: return undefined; // pending_complete, pong: nothing to draw
   }
@@ -282,8 +294,81 @@ function onMessage(message) {
   }
   setLastMessage(peer, message);
   if (incoming) peer.typingUntil = 0;
-  if (isNew && incoming && state.open !== peerId) peer.unread = (peer.unread || 0) + 1;
+  if (isNew && incoming && message.seq > (peer.lastReadSeq || 0)) {
+    if (reading(peerId)) markRead(peerId);
+    // The server's count covers everything up to the last message it listed.
+    else if (message.seq > (peer.countedSeq || 0)) peer.unread = (peer.unread || 0) + 1;
+    peer.countedSeq = Math.max(peer.countedSeq || 0, message.seq);
+    if (document.hidden) notify(peer, message);
+  }
   render();
+}
+
+/** Whether the user is looking at the chat with `peerId` right now. */
+function reading(peerId) {
+  return state.open === peerId && document.visibilityState === "visible";
+}
+
+/** Tells the server the user has read the chat up to its newest message from the other side. */
+function markRead(peerId) {
+  const peer = state.peers.get(peerId);
+  if (!peer) return;
+  const incoming = [...chatOf(peerId).byId.values()].filter((m) => m.sender_id === peerId);
+  if (peer.last_message && peer.last_message.sender_id === peerId) incoming.push(peer.last_message);
+  const newest = incoming.reduce((a, m) => (!a || m.seq > a.seq ? m : a), null);
+  if (!newest || newest.seq <= (peer.lastReadSeq || 0)) return;
+  if (send("read_ack", { message_id: newest.message_id })) {
+    peer.lastReadSeq = newest.seq;
+    peer.unread = 0;
+  }
+}
+
+/** `message_read`: this user read on some device, or the other user read. */
+function onRead(data) {
+  const me = state.session.user_id;
+  if (data.reader_id === me) {
+    const peer = state.peers.get(data.peer_id);
+    if (peer && data.seq > (peer.lastReadSeq || 0)) {
+      peer.lastReadSeq = data.seq;
+      // The count is the server's: the same on every device.
+      refreshConversations();
+    }
+  } else {
+    const peer = state.peers.get(data.reader_id);
+    if (peer) {
+      peer.peerReadSeq = Math.max(peer.peerReadSeq || 0, data.seq);
+      applyPeerRead(peer);
+    }
+  }
+  render();
+}
+
+/** Marks this user's messages that the other has read as read. */
+function applyPeerRead(peer) {
+  const upto = peer.peerReadSeq || 0;
+  const mine = (m) => m && m.sender_id === state.session.user_id && m.seq <= upto;
+  for (const m of chatOf(peer.user_id).byId.values()) if (mine(m)) m.status = "read";
+  if (mine(peer.last_message)) peer.last_message.status = "read";
+}
+
+/** `message_edited` / `message_deleted`: the message as it is now. */
+function onChanged(data, change) {
+  const peerId = peerOf(data);
+  const message = chatOf(peerId).byId.get(data.message_id);
+  if (message) Object.assign(message, change);
+  const peer = state.peers.get(peerId);
+  if (peer && peer.last_message && peer.last_message.message_id === data.message_id) {
+    peer.last_message = { ...peer.last_message, ...change };
+  }
+  if (state.editing && state.editing.message_id === data.message_id && change.deleted) stopEditing();
+  render();
+}
+
+/** A desktop notification, if the user allowed them (asked only after a click). */
+function notify(peer, message) {
+  if (!("Notification" in window) || Notification.permission !== "granted") return;
+  const note = new Notification(peer.username || "dyad", { body: message.message, tag: peer.user_id });
+  note.onclick = () => { window.focus(); openChat(peer.user_id); note.close(); };
 }
 
 function ackDelivery(messageId) {
@@ -321,11 +406,11 @@ function onAck(ack) {
 }
 
 function onDelivered(data) {
+  const forward = (m) => { if (m && (STATUS_RANK[m.status] || 0) < STATUS_RANK.delivered) m.status = "delivered"; };
   const chat = state.chats.get(data.recipient_id);
-  const message = chat && chat.byId.get(data.message_id);
-  if (message) message.status = "delivered";
+  forward(chat && chat.byId.get(data.message_id));
   const peer = state.peers.get(data.recipient_id);
-  if (peer && peer.last_message && peer.last_message.message_id === data.message_id) peer.last_message.status = "delivered";
+  if (peer && peer.last_message && peer.last_message.message_id === data.message_id) forward(peer.last_message);
   render();
 }
 
@@ -374,6 +459,14 @@ function submitMessage(event) {
   const input = $("message-input");
   const text = input.value;
   if (!text.trim() || !state.open) return;
+  if (state.editing) {
+    // An edit goes out now or not at all: it is not queued offline.
+    if (!send("edit_message", { message_id: state.editing.message_id, message: text })) return;
+    stopEditing();
+    return;
+  }
+  const chat = chatOf(state.open);
+  chat.dividerSeq = null; // answering: the new ones are read
   state.outbox.push({
     client_msg_id: newClientMsgId(),
     recipient_id: state.open,
@@ -399,6 +492,29 @@ function flushOutbox() {
   }
 }
 
+function startEditing(message) {
+  state.menuFor = null;
+  state.editing = { message_id: message.message_id, peer: state.open };
+  const input = $("message-input");
+  input.value = message.message;
+  autoGrow();
+  input.focus();
+  render();
+}
+
+function stopEditing() {
+  state.editing = null;
+  $("message-input").value = "";
+  autoGrow();
+  render();
+}
+
+function deleteMessage(message) {
+  state.menuFor = null;
+  send("delete_message", { message_id: message.message_id });
+  render();
+}
+
 function discard(clientMsgId) {
   state.outbox = state.outbox.filter((item) => item.client_msg_id !== clientMsgId);
   saveOutbox();
@@ -414,6 +530,11 @@ function onComposerInput() {
 }
 
 function onComposerKey(event) {
+  if (event.key === "Escape" && state.editing) {
+    event.preventDefault();
+    stopEditing();
+    return;
+  }
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     $("composer").requestSubmit();
@@ -442,8 +563,12 @@ function storeMessage(peerId, message) {
   const chat = chatOf(peerId);
   const known = chat.byId.get(message.message_id);
   if (known) {
-    // A status only moves forward: sent -> delivered.
-    if (message.status === "delivered") known.status = "delivered";
+    // A status only moves forward: sent -> delivered -> read; text follows
+    // the latest edit or the delete.
+    if ((STATUS_RANK[message.status] || 0) > (STATUS_RANK[known.status] || 0)) known.status = message.status;
+    if (message.deleted || (message.edited_at || 0) > (known.edited_at || 0)) {
+      Object.assign(known, { message: message.message, edited_at: message.edited_at, deleted: message.deleted });
+    }
     return false;
   }
   chat.byId.set(message.message_id, { ...message });
@@ -494,8 +619,18 @@ async function refreshConversations() {
   try {
     const { conversations } = await api("GET", "/conversations");
     // The last message is for the list only: kept out of the chat, so that
-    // when it then arrives (a replay) it still counts as unread.
-    for (const c of conversations) addPeer(c.user_id, c.username, c.last_message);
+    // when it then arrives (a replay) it still counts as unread. Unread
+    // counts and read marks are the server's: the same on every device, and
+    // after a reload.
+    for (const c of conversations) {
+      const peer = addPeer(c.user_id, c.username, c.last_message);
+      peer.unread = c.unread_count;
+      peer.countedSeq = Math.max(peer.countedSeq || 0, c.last_message.seq);
+      peer.lastReadSeq = Math.max(peer.lastReadSeq || 0, c.last_read_seq || 0);
+      peer.peerReadSeq = Math.max(peer.peerReadSeq || 0, c.peer_last_read_seq || 0);
+      applyPeerRead(peer);
+      if (reading(c.user_id)) markRead(c.user_id);
+    }
     render();
   } catch (_) { /* offline: the next connect refreshes */ }
 }
@@ -520,11 +655,15 @@ async function startChat(event) {
 }
 
 function openChat(peerId) {
+  if (state.editing) stopEditing();
   state.open = peerId;
+  state.menuFor = null;
   const peer = state.peers.get(peerId);
-  if (peer) peer.unread = 0;
-  $("app").classList.add("chat-open");
   const chat = chatOf(peerId);
+  // "New messages" goes above the first one after the read mark.
+  chat.dividerSeq = peer && peer.unread ? peer.lastReadSeq || 0 : null;
+  if (peer) markRead(peerId);
+  $("app").classList.add("chat-open");
   render(true);
   if (!chat.loaded) loadOlder(peerId);
   else loadNewest(peerId);
@@ -551,6 +690,7 @@ async function loadOlder(peerId) {
   try {
     const page = await api("GET", `/messages/${encodeURIComponent(peerId)}?${query}`);
     for (const message of page.messages) storeMessage(peerId, message);
+    if (reading(peerId)) markRead(peerId);
     if (page.messages.length) chat.before = page.messages[page.messages.length - 1].timestamp;
     chat.hasMore = page.has_more && page.messages.length > 0;
     chat.loaded = true;
@@ -568,6 +708,7 @@ async function loadNewest(peerId) {
   try {
     const page = await api("GET", `/messages/${encodeURIComponent(peerId)}?limit=${HISTORY_PAGE}`);
     for (const message of page.messages) storeMessage(peerId, message);
+    if (reading(peerId)) markRead(peerId);
     if (state.open === peerId) render();
   } catch (_) { /* offline */ }
 }
@@ -665,7 +806,8 @@ function renderConversations() {
     const presence = !live ? "" : peer.typingUntil > Date.now() ? "typing…" : presenceText(peer.presence);
     item.append(el("span", "presence", presence));
     const last = peer.last_message;
-    const preview = last ? (last.sender_id === state.session.user_id ? "You: " : "") + last.message : "No messages yet";
+    const text = last && (last.deleted ? "message deleted" : last.message);
+    const preview = last ? (last.sender_id === state.session.user_id ? "You: " : "") + text : "No messages yet";
     item.append(el("span", "preview", preview));
     item.addEventListener("click", () => openChat(peer.user_id));
     return item;
@@ -677,8 +819,14 @@ function renderMessage(message, mine) {
   node.dataset.status = message.status;
   if (message.message_id) node.dataset.messageId = message.message_id;
   if (message.client_msg_id) node.dataset.clientMsgId = message.client_msg_id;
-  node.append(textWithLinks(message.message));
+  if (message.deleted) {
+    node.classList.add("deleted");
+    node.append(el("div", "text", "message deleted"));
+  } else {
+    node.append(textWithLinks(message.message));
+  }
   const meta = el("div", "meta");
+  if (message.edited_at && !message.deleted) meta.append(el("span", "edited", "edited"));
   if (message.status === "failed") {
     meta.append(el("span", "failed", "not sent: " + (message.error || "refused")));
     const discardBtn = el("button", "link discard", "discard");
@@ -689,12 +837,34 @@ function renderMessage(message, mine) {
     meta.append(el("span", "time", clock(message.timestamp || message.client_timestamp)));
   }
   if (mine) {
-    const ticks = { queued: "◷", sent: "✓", delivered: "✓✓", failed: "!" }[message.status] || "";
+    // Grey ✓✓ delivered, blue ✓✓ read, as people know them.
+    const ticks = { queued: "◷", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" }[message.status] || "";
     const tickNode = el("span", "ticks", ticks);
     tickNode.title = message.status === "queued" ? "waiting to be sent" : message.status;
     meta.append(tickNode);
   }
+  if (mine && message.message_id && !message.deleted) {
+    const menuBtn = el("button", "link menu-btn", "⋯");
+    menuBtn.type = "button";
+    menuBtn.title = "Edit or delete";
+    menuBtn.addEventListener("click", () => {
+      state.menuFor = state.menuFor === message.message_id ? null : message.message_id;
+      render();
+    });
+    meta.append(menuBtn);
+  }
   node.append(meta);
+  if (state.menuFor === message.message_id) {
+    const menu = el("div", "msg-menu");
+    const edit = el("button", "link edit-btn", "Edit");
+    edit.type = "button";
+    edit.addEventListener("click", () => startEditing(message));
+    const remove = el("button", "link delete-btn", "Delete");
+    remove.type = "button";
+    remove.addEventListener("click", () => deleteMessage(message));
+    menu.append(edit, remove);
+    node.append(menu);
+  }
   return node;
 }
 
@@ -715,6 +885,8 @@ function renderChat(stickToBottom, keepPosition) {
   $("block-btn").dataset.blocked = String(blocked);
   $("message-input").disabled = blocked;
   $("message-input").placeholder = blocked ? `You block ${peer.username}: unblock to write.` : "Message";
+  $("editing-banner").hidden = !state.editing;
+  $("send-btn").textContent = state.editing ? "Save" : "Send";
 
   const box = $("messages");
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
@@ -722,11 +894,19 @@ function renderChat(stickToBottom, keepPosition) {
   const chat = chatOf(peer.user_id);
   const nodes = [];
   let lastDay = null;
+  let divided = chat.dividerSeq === null || chat.dividerSeq === undefined;
   for (const message of sortedMessages(chat)) {
     const thisDay = day(message.timestamp);
     if (thisDay !== lastDay) nodes.push(el("div", "day", thisDay));
     lastDay = thisDay;
-    nodes.push(renderMessage(message, message.sender_id === state.session.user_id));
+    const mine = message.sender_id === state.session.user_id;
+    if (!divided && !mine && message.seq > chat.dividerSeq) {
+      const divider = el("div", "divider", "New messages");
+      divider.id = "new-messages";
+      nodes.push(divider);
+      divided = true;
+    }
+    nodes.push(renderMessage(message, mine));
   }
   for (const item of state.outbox) {
     if (item.recipient_id === peer.user_id) nodes.push(renderMessage(item, true));
@@ -749,9 +929,143 @@ function render(stickToBottom = false, keepPosition = false) {
   if (!state.session) return;
   renderLink();
   renderConversations();
+  renderSearch();
   renderChat(stickToBottom, keepPosition);
   const unread = [...state.peers.values()].reduce((n, p) => n + (p.unread || 0), 0);
   document.title = unread ? `(${unread}) dyad` : "dyad";
+}
+
+// ----------------------------------------------------------------- search
+
+async function submitSearch(event) {
+  event.preventDefault();
+  const query = $("search-input").value.trim();
+  if (!query) {
+    state.search = null;
+    render();
+    return;
+  }
+  try {
+    const page = await api("GET", `/search?q=${encodeURIComponent(query)}&limit=50`);
+    state.search = { query, messages: page.messages };
+  } catch (e) {
+    state.search = { query, messages: [], error: e.message };
+  }
+  render();
+}
+
+function renderSearch() {
+  const list = $("search-results");
+  list.hidden = !state.search;
+  $("conversations").hidden = Boolean(state.search);
+  if (!state.search) return;
+  const items = state.search.messages.map((m) => {
+    const peerId = peerOf(m);
+    const peer = state.peers.get(peerId);
+    const item = el("li", "conv result");
+    item.dataset.messageId = m.message_id;
+    item.dataset.userId = peerId;
+    const who = m.sender_id === state.session.user_id ? "You" : (peer && peer.username) || "";
+    item.append(el("span", "name", `${who} · ${day(m.timestamp)} ${clock(m.timestamp)}`));
+    item.append(el("span", "preview", m.message));
+    item.addEventListener("click", () => {
+      state.search = null;
+      $("search-input").value = "";
+      if (!state.peers.has(peerId)) addPeer(peerId, "", null);
+      openChat(peerId);
+    });
+    return item;
+  });
+  if (!items.length) items.push(el("li", "conv muted", state.search.error || `Nothing found for “${state.search.query}”.`));
+  list.replaceChildren(...items);
+}
+
+// --------------------------------------------------------------- settings
+
+async function toggleSettings() {
+  state.settingsOpen = !state.settingsOpen;
+  $("settings").hidden = !state.settingsOpen;
+  $("settings-note").textContent = "";
+  if (!state.settingsOpen) return;
+  try {
+    const settings = await api("GET", "/users/me/settings");
+    $("read-receipts").checked = settings.read_receipts;
+    $("presence-setting").value = settings.presence;
+    await refreshDevices();
+  } catch (e) {
+    $("settings-note").textContent = e.message;
+  }
+}
+
+async function saveSettings() {
+  const patch = { read_receipts: $("read-receipts").checked, presence: $("presence-setting").value };
+  try {
+    await api("PATCH", "/users/me/settings", patch);
+    $("settings-note").textContent = "Saved.";
+    refreshConversations(); // read marks may now show, or stop showing
+  } catch (e) {
+    $("settings-note").textContent = e.message;
+  }
+}
+
+async function refreshDevices() {
+  const { sessions } = await api("GET", "/sessions");
+  $("devices").replaceChildren(...sessions.map((s) => {
+    const item = el("li");
+    item.dataset.sessionId = s.session_id;
+    const since = `since ${day(s.created_at)}, last used ${day(s.last_used_at)} ${clock(s.last_used_at)}`;
+    item.append(el("span", null, (s.current ? "This device · " : "") + since));
+    if (!s.current) {
+      const revoke = el("button", "link revoke-btn", "Log out");
+      revoke.type = "button";
+      revoke.addEventListener("click", async () => {
+        try {
+          await api("DELETE", `/sessions/${encodeURIComponent(s.session_id)}`);
+          await refreshDevices();
+        } catch (e) {
+          $("settings-note").textContent = e.message;
+        }
+      });
+      item.append(revoke);
+    }
+    return item;
+  }));
+}
+
+async function changePassword(event) {
+  event.preventDefault();
+  const body = { current_password: $("current-password").value, new_password: $("new-password").value };
+  try {
+    await api("PUT", "/users/me/password", body);
+    $("password-form").reset();
+    $("settings-note").textContent = "Password changed; your other devices are logged out.";
+    await refreshDevices();
+  } catch (e) {
+    $("settings-note").textContent = e.code === "invalid_credentials" ? "The current password is wrong." : e.message;
+  }
+}
+
+async function deleteAccount(event) {
+  event.preventDefault();
+  try {
+    await api("DELETE", "/users/me", { password: $("delete-password").value });
+    $("delete-form").reset();
+    state.settingsOpen = false;
+    $("settings").hidden = true;
+    signedOut();
+  } catch (e) {
+    $("settings-note").textContent = e.code === "invalid_credentials" ? "The password is wrong." : e.message;
+  }
+}
+
+/** Asked only after a click, as browsers want. */
+async function enableNotifications() {
+  if (!("Notification" in window)) {
+    $("settings-note").textContent = "This browser has no desktop notifications.";
+    return;
+  }
+  const answer = await Notification.requestPermission();
+  $("settings-note").textContent = answer === "granted" ? "Notifications on while this tab is in the background." : "Notifications are blocked.";
 }
 
 // ----------------------------------------------------------------- wiring
@@ -766,6 +1080,16 @@ function main() {
   $("messages").addEventListener("scroll", onScroll);
   $("back-btn").addEventListener("click", closeChat);
   $("block-btn").addEventListener("click", toggleBlock);
+  $("search-form").addEventListener("submit", submitSearch);
+  $("search-input").addEventListener("search", submitSearch);
+  $("settings-btn").addEventListener("click", toggleSettings);
+  $("read-receipts").addEventListener("change", saveSettings);
+  $("presence-setting").addEventListener("change", saveSettings);
+  $("password-form").addEventListener("submit", changePassword);
+  $("delete-form").addEventListener("submit", deleteAccount);
+  $("notify-btn").addEventListener("click", enableNotifications);
+  // Back to the tab: what is on screen is read now.
+  document.addEventListener("visibilitychange", () => { if (state.open && reading(state.open)) { markRead(state.open); render(); } });
   // Back online (as the browser sees it): try now instead of waiting.
   window.addEventListener("online", () => { if (state.session && !state.ws) connect(); });
   // Leaving the page closes the socket at once (a page kept in the

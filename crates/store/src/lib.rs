@@ -18,6 +18,7 @@ pub mod testing;
 pub use model::*;
 
 use async_trait::async_trait;
+use dyad_protocol::domain::SearchText;
 use dyad_protocol::{MessageId, UserId};
 
 /// What can go wrong in a store. Constraint violations that a client can
@@ -124,6 +125,10 @@ pub trait MessageStore: Send + Sync + 'static {
         after: Option<MessageId>,
         limit: usize,
     ) -> StoreResult<Vec<StoredMessage>>;
+    /// Messages of `user`'s conversations whose current text holds every
+    /// word of `text` (whole words, any case), newest first, older than
+    /// `before`; never deleted ones.
+    async fn search(&self, user: UserId, text: &SearchText, before: Option<i64>, limit: usize) -> StoreResult<Page>;
     /// The user's conversations, most recent first.
     async fn conversations(&self, user: UserId, limit: usize) -> StoreResult<Vec<ConversationSummary>>;
     /// The `seq` of the newest committed message in each of the user's

@@ -1147,3 +1147,86 @@ async fn edits_and_deletes_are_checked_stored_replayed_and_listed_in_order_of_ch
         assert!(matches!(out[1], WriteOutcome::Changed(_)), "{driver}: {:?}", out[1]);
     }
 }
+
+#[tokio::test]
+async fn search_finds_whole_words_in_any_case_in_the_searchers_own_current_messages() {
+    use dyad_protocol::domain::SearchText;
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let [a, b, c] = users(s, &["alice", "bob", "carol"]).await[..] else {
+            unreachable!()
+        };
+        let out = s
+            .write_batch(
+                vec![
+                    send(a, b, "Viele Grüße aus Köln", None),
+                    send(b, a, "grüße zurück, and a café", None),
+                    send(c, b, "Grüße from carol", None),
+                    send(a, b, "greetings", None),
+                    send(a, b, "a typo here", None),
+                    send(a, b, "secret plan", None),
+                ],
+                10,
+            )
+            .await
+            .unwrap();
+        let ids: Vec<MessageId> = out.iter().map(|o| stored(o).0.id).collect();
+        let found = |user, q: &str, before: Option<i64>, limit| {
+            let text = SearchText::parse(q).unwrap();
+            async move {
+                let page = s.search(user, &text, before, limit).await.unwrap();
+                (page.messages.iter().map(|m| m.id).collect::<Vec<_>>(), page.has_more)
+            }
+        };
+        // Any case, any letters; newest first; only the searcher's own.
+        assert_eq!(
+            found(a, "GRÜSSE", None, 10).await.0,
+            vec![],
+            "{driver}: no folding of ß to ss"
+        );
+        assert_eq!(
+            found(a, "grüße", None, 10).await,
+            (vec![ids[1], ids[0]], false),
+            "{driver}"
+        );
+        assert_eq!(
+            found(b, "Grüße", None, 10).await.0,
+            vec![ids[2], ids[1], ids[0]],
+            "{driver}"
+        );
+        assert_eq!(found(c, "grüße", None, 10).await.0, vec![ids[2]], "{driver}");
+        assert_eq!(
+            found(b, "grüße", None, 2).await,
+            (vec![ids[2], ids[1]], true),
+            "{driver}"
+        );
+        // Every word must be there; whole words only.
+        assert_eq!(found(a, "grüße köln", None, 10).await.0, vec![ids[0]], "{driver}");
+        assert_eq!(found(a, "greet", None, 10).await.0, vec![], "{driver}");
+        assert_eq!(found(a, "CAFÉ", None, 10).await.0, vec![ids[1]], "{driver}");
+        // Words that look like syntax are words.
+        assert_eq!(found(a, "\"and\" OR NOT", None, 10).await.0, vec![], "{driver}");
+        // `before` bounds by time: everything here was stored at 10..15.
+        let ts = s
+            .history(a, b, PageRequest::After { after: 0, limit: 10 })
+            .await
+            .unwrap();
+        let second_ts = ts.messages[1].timestamp;
+        assert_eq!(found(a, "grüße", Some(second_ts), 10).await.0, vec![ids[0]], "{driver}");
+        // Edited text is found by its new words only; deleted text never.
+        let edit = WriteOp::Edit {
+            editor: a,
+            message_id: ids[4],
+            body: dyad_store::testing::body("a fixed line"),
+            window: 1_000_000,
+        };
+        let delete = WriteOp::Delete {
+            deleter: a,
+            message_id: ids[5],
+        };
+        s.write_batch(vec![edit, delete], 20).await.unwrap();
+        assert_eq!(found(a, "typo", None, 10).await.0, vec![], "{driver}");
+        assert_eq!(found(b, "fixed", None, 10).await.0, vec![ids[4]], "{driver}");
+        assert_eq!(found(a, "secret", None, 10).await.0, vec![], "{driver}");
+    }
+}

@@ -10,7 +10,9 @@ mod history;
 mod idle;
 mod load;
 mod procstat;
+mod reads;
 mod report;
+mod search;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -40,6 +42,10 @@ enum BenchMode {
     /// Read history pages (`limit` 50 by default) as fast as a few clients
     /// can, against a store filled by `dyad admin fill`; report latency.
     History(history::HistoryArgs),
+    /// Search (`GET /api/v1/search`, one word of the fill's vocabulary, of
+    /// any frequency) as fast as a few clients can, against a store filled
+    /// by `dyad admin fill`; report latency.
+    Search(reads::ReadArgs),
     /// Run one attack against a server with its default limits while a
     /// legitimate user logs in and sends; report memory and latencies.
     Attack(attack::AttackArgs),
@@ -179,6 +185,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.mode {
         Some(BenchMode::Idle(idle)) => idle::run(idle).await,
         Some(BenchMode::History(history)) => history::run(history).await,
+        Some(BenchMode::Search(search)) => search::run(search).await,
         Some(BenchMode::Attack(attack)) => attack::run(attack).await,
         None => load::run(args.load).await,
     }

@@ -274,7 +274,7 @@ async fn two_people_chat_in_the_browser() {
 
     // Alice -> Bob: Bob's browser has it (and acks it), so Alice sees ✓✓.
     send(&alice, "Hi Bob!").await;
-    wait_for_message(&alice, "Hi Bob!", true, &["delivered"]).await;
+    wait_for_message(&alice, "Hi Bob!", true, &["delivered", "read"]).await;
     assert_eq!(text_of(&alice, "#message-list .msg.mine .ticks").await, "✓✓");
     let script = "return [...document.querySelectorAll('#conversations .conv')].some((c) =>
         c.dataset.username === 'alice' && c.querySelector('.preview').textContent === 'Hi Bob!')";
@@ -285,7 +285,7 @@ async fn two_people_chat_in_the_browser() {
     // Bob -> Alice, with markup that must stay text.
     let hostile = "<b>bold</b> & <img src=x onerror=\"window.pwned=1\">";
     send(&bob, hostile).await;
-    wait_for_message(&bob, hostile, true, &["delivered"]).await;
+    wait_for_message(&bob, hostile, true, &["delivered", "read"]).await;
     wait_for_message(&alice, hostile, false, &[]).await;
     let script = "return [...document.querySelectorAll('#message-list .msg .text')]
         .every((t) => t.children.length === 0) && window.pwned === undefined";
@@ -334,7 +334,7 @@ async fn two_people_chat_in_the_browser() {
     alice.refresh().await.unwrap();
     signed_in_as(&alice, "alice").await;
     open_chat(&alice, "bob").await;
-    wait_for_message(&alice, "Hi Bob!", true, &["delivered"]).await;
+    wait_for_message(&alice, "Hi Bob!", true, &["read"]).await;
     wait_for_message(&alice, hostile, false, &[]).await;
 
     // The server restarts. What Alice writes meanwhile waits in a visible
@@ -352,7 +352,7 @@ async fn two_people_chat_in_the_browser() {
     );
     screenshot(&alice, "offline-queue.png").await;
     let server = TestServer::spawn_on(&addr, &db, test_config()).await;
-    wait_for_message(&alice, "Are you there?", true, &["delivered"]).await;
+    wait_for_message(&alice, "Are you there?", true, &["delivered", "read"]).await;
     wait_for_message(&bob, "Are you there?", false, &[]).await;
     assert_eq!(count_messages(&alice, "Are you there?").await, 1);
     assert_eq!(count_messages(&bob, "Are you there?").await, 1);
@@ -677,5 +677,171 @@ async fn a_user_blocks_and_unblocks_from_the_chat_header() {
         }
     };
     assert_eq!(got.message, "sorry!");
+    server.stop().await;
+}
+
+/// Clicks `css` inside the bubble of the open chat whose text is `text`.
+async fn click_in_message(browser: &Browser, text: &str, css: &str) {
+    let script = "const [text, css] = arguments;
+        const bubble = [...document.querySelectorAll('#message-list .msg')]
+            .find((m) => m.querySelector('.text').textContent === text);
+        const target = bubble && bubble.querySelector(css);
+        if (target) target.click();
+        return Boolean(target);";
+    wait_for(
+        browser,
+        &format!("{css} on {text:?}"),
+        script,
+        vec![json!(text), json!(css)],
+    )
+    .await;
+}
+
+async fn wait_unread(browser: &Browser, peer: &str, count: u32) {
+    let script = "const c = document.querySelector(`#conversations .conv[data-username='${arguments[0]}']`);
+        return Boolean(c) && c.dataset.unread === arguments[1];";
+    let what = format!("{count} unread from {peer}");
+    wait_for(browser, &what, script, vec![json!(peer), json!(count.to_string())]).await;
+}
+
+/// Alice on one page; Bob on two (two devices). Ticks go grey then blue,
+/// Bob's second device's badge follows his first's reading (and a reload),
+/// a "new messages" divider marks where he stopped, Alice edits and deletes
+/// from a message's menu, Bob searches and changes a setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_receipts_unread_counts_edits_deletes_and_search_in_the_browser() {
+    let _heavy = crate::helpers::heavy().await;
+    let server = TestServer::spawn().await;
+    let bob = server.user("bob").await;
+    let driver = Chromedriver::start().await;
+    let alice_page = driver.browser().await;
+    open_sign_in(&alice_page, &server.base).await;
+    sign_in(&alice_page, "alice", "#register-btn").await;
+    let (bob1, bob2) = (driver.browser().await, driver.browser().await);
+    for page in [&bob1, &bob2] {
+        open_sign_in(page, &server.base).await;
+        sign_in(page, "bob", "#login-btn").await;
+    }
+    fill(&alice_page, "#new-chat-name", "bob").await;
+    click(&alice_page, "#new-chat button").await;
+    wait_presence(&alice_page, "online").await;
+
+    // Delivered to Bob's pages (grey ✓✓), not read: neither has the chat open.
+    send(&alice_page, "one").await;
+    send(&alice_page, "two").await;
+    wait_for_message(&alice_page, "two", true, &["delivered"]).await;
+    for page in [&bob1, &bob2] {
+        wait_unread(page, "alice", 2).await;
+    }
+    // Bob reads on his first device: Alice's ticks turn blue, his second
+    // device's badge clears, and the first shows where the new ones began.
+    open_chat(&bob1, "alice").await;
+    wait_for_message(&alice_page, "one", true, &["read"]).await;
+    wait_for_message(&alice_page, "two", true, &["read"]).await;
+    let color = "return getComputedStyle(document.querySelector('#message-list .msg.mine .ticks')).color";
+    assert_eq!(
+        alice_page.execute(color, vec![]).await.unwrap(),
+        json!("rgb(14, 165, 233)")
+    );
+    wait_unread(&bob2, "alice", 0).await;
+    let script = "const d = document.getElementById('new-messages');
+        return Boolean(d) && d.nextElementSibling.querySelector('.text').textContent === 'one';";
+    wait_for(&bob1, "the new-messages divider above 'one'", script, vec![]).await;
+    screenshot(&alice_page, "read.png").await;
+
+    // Alice edits 'two' and deletes 'one' from their menus.
+    click_in_message(&alice_page, "two", ".menu-btn").await;
+    click_in_message(&alice_page, "two", ".edit-btn").await;
+    wait_for(
+        &alice_page,
+        "the edit banner",
+        "return !document.getElementById('editing-banner').hidden",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        alice_page
+            .execute("return document.getElementById('message-input').value", vec![])
+            .await
+            .unwrap(),
+        json!("two")
+    );
+    fill(&alice_page, "#message-input", "two, fixed").await;
+    alice_page
+        .find(Locator::Css("#message-input"))
+        .await
+        .unwrap()
+        .send_keys(&Key::Enter.to_string())
+        .await
+        .unwrap();
+    for page in [&alice_page, &bob1] {
+        let script = "return [...document.querySelectorAll('#message-list .msg')].some((m) =>
+            m.querySelector('.text').textContent === 'two, fixed' && m.querySelector('.edited'))";
+        wait_for(page, "the edited message", script, vec![]).await;
+    }
+    click_in_message(&alice_page, "one", ".menu-btn").await;
+    click_in_message(&alice_page, "one", ".delete-btn").await;
+    for page in [&alice_page, &bob1] {
+        let script = "return document.querySelectorAll('#message-list .msg.deleted').length === 1
+            && ![...document.querySelectorAll('#message-list .msg .text')].some((t) => t.textContent === 'one')";
+        wait_for(page, "the deleted message", script, vec![]).await;
+    }
+    screenshot(&bob1, "edited-deleted.png").await;
+
+    // A new message while both of Bob's pages are closed: the badge says 1
+    // when one comes back (counted once, though the message is replayed
+    // too), and still 1 after a reload.
+    bob1.goto("about:blank").await.unwrap();
+    bob2.goto("about:blank").await.unwrap();
+    send(&alice_page, "three").await;
+    wait_for_message(&alice_page, "three", true, &["sent"]).await;
+    bob2.goto(&server.base).await.unwrap();
+    signed_in_as(&bob2, "bob").await;
+    wait_unread(&bob2, "alice", 1).await;
+    wait_for_message(&alice_page, "three", true, &["delivered"]).await;
+    bob2.refresh().await.unwrap();
+    signed_in_as(&bob2, "bob").await;
+    wait_unread(&bob2, "alice", 1).await;
+
+    // Bob searches from his second device: found, never the deleted text.
+    fill(&bob2, "#search-input", "FIXED").await;
+    bob2.find(Locator::Css("#search-input"))
+        .await
+        .unwrap()
+        .send_keys(&Key::Enter.to_string())
+        .await
+        .unwrap();
+    let script = "const r = [...document.querySelectorAll('#search-results .result')];
+        return r.length === 1 && r[0].querySelector('.preview').textContent === 'two, fixed';";
+    wait_for(&bob2, "one search result", script, vec![]).await;
+    screenshot(&bob2, "search.png").await;
+    click(&bob2, "#search-results .result").await;
+    wait_for_message(&bob2, "two, fixed", false, &[]).await;
+    wait_unread(&bob2, "alice", 0).await;
+    wait_for_message(&alice_page, "three", true, &["read"]).await;
+    fill(&bob2, "#search-input", "one").await;
+    bob2.find(Locator::Css("#search-input"))
+        .await
+        .unwrap()
+        .send_keys(&Key::Enter.to_string())
+        .await
+        .unwrap();
+    let script = "return document.querySelectorAll('#search-results .result').length === 0
+        && document.getElementById('search-results').textContent.includes('Nothing found')";
+    wait_for(&bob2, "no result for deleted text", script, vec![]).await;
+
+    // Settings: read receipts off, saved on the server; devices listed.
+    click(&bob2, "#settings-btn").await;
+    let script = "return document.getElementById('read-receipts').checked
+        && document.querySelectorAll('#devices li').length >= 3";
+    wait_for(&bob2, "settings and devices", script, vec![]).await;
+    screenshot(&bob2, "settings.png").await;
+    click(&bob2, "#read-receipts").await;
+    let script = "return document.getElementById('settings-note').textContent === 'Saved.'";
+    wait_for(&bob2, "the setting saved", script, vec![]).await;
+    assert!(!bob.client.settings().await.unwrap().read_receipts);
+    for page in [alice_page, bob1, bob2] {
+        page.close().await.unwrap();
+    }
     server.stop().await;
 }

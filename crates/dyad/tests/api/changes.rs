@@ -212,13 +212,13 @@ async fn a_deleted_message_and_its_earlier_versions_are_gone_from_every_file_aft
     assert!(a.replay().await.is_empty());
     let (first, second) = ("zebra-quartz-first-version", "zebra-quartz-second-version");
     // Some company on the same pages, kept throughout. (Checked: with
-    // secure_delete off, this test finds the first version in the file.)
+    // SQLite's secure_delete off, or FTS5's, this test finds the text.)
     for i in 0..20 {
         a.send_and_ack(bob, &format!("neighbour {i}"), &format!("n{i}")).await;
     }
     // Long enough to spill onto an overflow page: freed pages keep their
     // bytes unless they are overwritten.
-    let filler = "x".repeat(4050);
+    let filler = "filler ".repeat(580);
     let m = a.send_and_ack(bob, &format!("{filler}{first}"), "k").await.message_id;
     a.edit(m, &format!("{filler}{second}")).await;
     a.expect_edited().await;
@@ -230,7 +230,8 @@ async fn a_deleted_message_and_its_earlier_versions_are_gone_from_every_file_aft
     assert_eq!(a.expect_deleted().await, m);
     drop(a);
     process.terminate().await;
-    for text in [first, second] {
+    // The text, and its words in the search index.
+    for text in [first, second, "zebra", "quartz"] {
         assert_eq!(held_in(dir.path(), text), Vec::<String>::new(), "{text}");
     }
     assert!(
@@ -267,4 +268,56 @@ async fn an_edit_and_a_delete_confirmed_just_before_kill_9_survive_it() {
         .map(|m| (m.message_id, m.message.as_str(), m.edited_at.is_some(), m.deleted))
         .collect();
     assert_eq!(now, [(gone, "", false, true), (kept, "final", true, false)]);
+}
+
+async fn search(server: TestServer) {
+    let (alice, bob, carol) = (
+        server.user("alice").await,
+        server.user("bob").await,
+        server.user("carol").await,
+    );
+    let mut a = alice.connect().await;
+    let mut c = carol.connect().await;
+    let m1 = a.send_and_ack(bob.id, "Viele Grüße aus Köln", "k1").await.message_id;
+    c.send_and_ack(bob.id, "grüße von carol", "k2").await;
+    let m3 = a.send_and_ack(bob.id, "a secret", "k3").await.message_id;
+    let q = |text: &str| vec![("q", text.to_owned())];
+    // dyad indexes text in the send's own transaction: searchable once acked.
+    let found = alice.client.search(&q("grüße")).await.unwrap().messages;
+    assert_eq!(
+        found.iter().map(|m| m.message_id).collect::<Vec<_>>(),
+        [m1],
+        "never carol's"
+    );
+    assert_eq!(bob.client.search(&q("GRÜSSE")).await.unwrap().messages.len(), 0);
+    assert_eq!(bob.client.search(&q("Grüße")).await.unwrap().messages.len(), 2);
+    a.delete(m3).await;
+    a.expect_deleted().await;
+    assert!(
+        alice.client.search(&q("secret")).await.unwrap().messages.is_empty(),
+        "deleted at once"
+    );
+    for bad in [
+        vec![],
+        q("   "),
+        q(&"x".repeat(300)),
+        vec![("q", "hi".into()), ("limit", "0".into())],
+    ] {
+        assert_eq!(
+            api_error(alice.client.search(&bad).await),
+            (400, ErrorCode::InvalidParameter),
+            "{bad:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn search_finds_the_callers_own_words_in_any_case_on_sqlite() {
+    search(TestServer::spawn().await).await;
+}
+
+#[tokio::test]
+async fn search_finds_the_callers_own_words_in_any_case_on_postgres() {
+    search(on_postgres(test_config()).await).await;
 }

@@ -33,6 +33,7 @@ async fn the_document_names_every_route_and_each_4xx_has_the_error_body() {
             "/api/v1/blocks/{user_id}",
             "/api/v1/conversations",
             "/api/v1/messages/{user_id}",
+            "/api/v1/search",
             "/api/v1/sessions",
             "/api/v1/sessions/current",
             "/api/v1/sessions/{session_id}",

@@ -52,6 +52,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .routes(routes!(rest::user_status))
         .routes(routes!(rest::history))
         .routes(routes!(rest::conversations))
+        .routes(routes!(rest::search))
         .routes(routes!(ws::upgrade))
         .split_for_parts();
     let document = openapi::Document::new(&document);

@@ -20,7 +20,7 @@ use super::{Authed, Source};
 use crate::App;
 use crate::abuse::Limit;
 use crate::bus::Revoked;
-use crate::domain::Username;
+use crate::domain::{SearchText, Username};
 use crate::errors::ApiError;
 
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
@@ -370,6 +370,41 @@ pub(crate) async fn conversations(
                 peer_last_read_seq: c.peer_last_read_seq,
             })
             .collect(),
+    }))
+}
+
+/// `GET /api/v1/search`: the caller's own messages holding every word of
+/// `q`, newest first.
+#[utoipa::path(get, path = "/api/v1/search", tag = "messages", security(("bearer" = [])),
+    params(
+        ("q" = String, Query, description = "Words to find (1-16 words, at most 256 characters): whole words, any case"),
+        ("before" = Option<i64>, Query, description = "Exclusive bound, ms; matches older than it"),
+        ("limit" = Option<i64>, Query, description = "1-100, default 50", minimum = 1, maximum = 100),
+    ),
+    responses(
+        (status = 200, description = "Newest first", body = HistoryPage),
+        (status = 400, description = "`invalid_parameter`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ))]
+pub(crate) async fn search(
+    State(app): State<Arc<App>>,
+    Authed(session): Authed,
+    params: Params,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let params = params.map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
+    let limit = int_param(&params, "limit", 1, 100)?.unwrap_or(50) as usize;
+    let before = int_param(&params, "before", i64::MIN, i64::MAX)?;
+    let text = params.get("q").and_then(|q| SearchText::parse(q)).ok_or_else(|| {
+        ApiError::InvalidParameter(format!(
+            "`q` must hold 1-{} words of letters or digits, at most {} characters",
+            SearchText::MAX_WORDS,
+            SearchText::MAX_CHARS
+        ))
+    })?;
+    let page = app.store.search(session.user_id, &text, before, limit).await?;
+    Ok(Json(HistoryPage {
+        messages: page.messages.iter().map(|m| m.view()).collect(),
+        has_more: page.has_more,
     }))
 }
 

@@ -13,6 +13,7 @@ mod write;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dyad_protocol::domain::SearchText;
 use dyad_protocol::{MessageId, UserId};
 
 use crate::backend;
@@ -660,6 +661,39 @@ impl MessageStore for PostgresStore {
         .await
         .map_err(backend)?;
         each_row(&rows, |r| message(r, self.ids))
+    }
+
+    async fn search(&self, user: UserId, text: &SearchText, before: Option<i64>, n: usize) -> StoreResult<Page> {
+        let row = self.ids.user_row(user);
+        // Every word, and the user's lexeme: one GIN lookup intersects them.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            ", CASE WHEN m.recipient_id = c.user_lo THEN m.seq <= c.lo_read_seq ELSE m.seq <= c.hi_read_seq END
+                AND (SELECT bool_and(read_receipts) FROM users WHERE id IN (c.user_lo, c.user_hi))",
+            messages!(),
+            "JOIN conversations c ON c.id = m.conversation_id
+             WHERE dyad_search_vector(m.body, m.sender_id, m.recipient_id)
+                   @@ (plainto_tsquery('simple', $1) && format('%L', '~' || $2::text)::tsquery)
+               AND m.ts < $3 AND m.deleted_at IS NULL
+             ORDER BY m.id DESC
+             LIMIT $4"
+        ))
+        .bind(text.words().join(" "))
+        .bind(row)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit(n).saturating_add(1))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut messages = each_row(&rows, |r| {
+            let mut m = message(r, self.ids)?;
+            m.read = r.try_get::<Option<bool>, _>(9)?.unwrap_or(false);
+            Ok(m)
+        })?;
+        let has_more = messages.len() > n;
+        messages.truncate(n);
+        Ok(Page { messages, has_more })
     }
 
     async fn conversations(&self, user: UserId, n: usize) -> StoreResult<Vec<ConversationSummary>> {

@@ -121,6 +121,18 @@ ALTER TABLE messages
     ADD COLUMN changed_at bigint;
 CREATE INDEX messages_changed ON messages (conversation_id, changed_at) WHERE changed_at IS NOT NULL;
 "#,
+    r#"
+-- Full-text search: each message's words ('simple': whole words, folded to
+-- lower case by the database's ctype, which must be a UTF-8 one for letters
+-- beyond ASCII) and its two users as lexemes ('~<row>', which no word can
+-- be), so that a search looks only at the searcher's messages. A deleted
+-- message's body is empty: its words are gone with it.
+CREATE FUNCTION dyad_search_vector(body text, sender bigint, recipient bigint) RETURNS tsvector
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN to_tsvector('simple'::regconfig, body)
+        || array_to_tsvector(ARRAY['~' || sender::text, '~' || recipient::text]);
+CREATE INDEX messages_search ON messages USING gin (dyad_search_vector(body, sender_id, recipient_id));
+"#,
 ];
 
 /// Brings the database up to the newest schema.

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, mpsc};
 
 use async_trait::async_trait;
+use dyad_protocol::domain::SearchText;
 use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, oneshot};
@@ -630,6 +631,12 @@ impl MessageStore for SqliteStore {
     ) -> StoreResult<Vec<StoredMessage>> {
         let ids = self.ids;
         self.read(move |c| reads::pending(c, ids, recipient, after, limit))
+            .await
+    }
+
+    async fn search(&self, user: UserId, text: &SearchText, before: Option<i64>, limit: usize) -> StoreResult<Page> {
+        let (ids, text) = (self.ids, text.clone());
+        self.read(move |c| reads::search(c, ids, user, &text, before, limit))
             .await
     }
 

@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::rows::{self, MESSAGE_COLUMNS, message_columns};
 use crate::ids::IdCipher;
 use crate::{ConversationSummary, Page, PageRequest, Standing, StoredMessage};
+use dyad_protocol::domain::SearchText;
 
 pub(super) fn history(
     c: &Connection,
@@ -71,6 +72,60 @@ pub(super) fn history(
     for m in &mut messages {
         m.read = standing.read(m, ids);
     }
+    Ok(Page { messages, has_more })
+}
+
+/// An FTS5 query for `text` in user `row`'s messages: every word, each a
+/// quoted string (so no word is read as syntax), in `body`, and the user's
+/// token in `owners`.
+fn fts_query(text: &SearchText, row: i64) -> String {
+    let words: Vec<String> = text
+        .words()
+        .iter()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect();
+    format!("owners : \"u{row}\" AND body : ({})", words.join(" AND "))
+}
+
+pub(super) fn search(
+    c: &Connection,
+    ids: IdCipher,
+    user: UserId,
+    text: &SearchText,
+    before: Option<i64>,
+    limit: usize,
+) -> rusqlite::Result<Page> {
+    let row = ids.user_row(user);
+    let columns = MESSAGE_COLUMNS
+        .split(", ")
+        .map(|col| format!("m.{col}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Newest first straight from the index's rowid order; each hit's read
+    // state from its conversation row.
+    let mut messages = c
+        .prepare_cached(&format!(
+            "SELECT {columns},
+                    CASE WHEN m.recipient_id = c.user_lo THEN m.seq <= c.lo_read_seq ELSE m.seq <= c.hi_read_seq END
+                    AND (SELECT MIN(read_receipts) FROM users WHERE id IN (c.user_lo, c.user_hi))
+             FROM messages_fts f
+             JOIN messages m ON m.id = f.rowid
+             JOIN conversations c ON c.id = m.conversation_id
+             WHERE messages_fts MATCH ?1 AND m.ts < ?2 AND m.deleted_at IS NULL
+             ORDER BY f.rowid DESC
+             LIMIT ?3"
+        ))?
+        .query_map(
+            params![fts_query(text, row), before.unwrap_or(i64::MAX), limit as i64 + 1],
+            |r| {
+                let mut m = rows::message(r, ids)?;
+                m.read = r.get::<_, Option<bool>>(9)?.unwrap_or(false);
+                Ok(m)
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let has_more = messages.len() > limit;
+    messages.truncate(limit);
     Ok(Page { messages, has_more })
 }
 

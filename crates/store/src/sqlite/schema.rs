@@ -110,6 +110,21 @@ ALTER TABLE messages ADD COLUMN deleted_at INTEGER;
 ALTER TABLE messages ADD COLUMN changed_at INTEGER;
 CREATE INDEX messages_changed ON messages (conversation_id, changed_at) WHERE changed_at IS NOT NULL;
 "#,
+    r#"
+-- Full-text search: the current text of every message not deleted, under
+-- the message's row number, with its two users as tokens (`owners`, "u<row>")
+-- so that a search looks only at the searcher's messages. Contentless: the
+-- text lives in `messages` only, and a change removes the old text's words
+-- with FTS5's 'delete' command, which is given that text. With secure-delete
+-- they go from the index at once, not at a later merge (a contentless_delete
+-- table would only mark the row deleted, and keep its words).
+CREATE VIRTUAL TABLE messages_fts USING fts5(
+    body, owners, content = '', tokenize = 'unicode61 remove_diacritics 0'
+);
+INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1);
+INSERT INTO messages_fts (rowid, body, owners)
+    SELECT id, body, 'u' || sender_id || ' u' || recipient_id FROM messages WHERE deleted_at IS NULL;
+"#,
 ];
 
 /// Fills `client_key` for rows written before it existed (step 2).

@@ -235,6 +235,7 @@ fn send(
         hashed_key
     ])?;
     let id = tx.last_insert_rowid();
+    index(tx, id, msg.body.as_str(), sender, recipient)?;
     head.last_seq = seq;
     head.last_ts = ts;
     head.last_message_id = id;
@@ -460,10 +461,13 @@ fn change(
     let at = now.max(last.map_or(i64::MIN, |l| l + 1));
     match change {
         Change::Edit { body, .. } => {
+            unindex(tx, m.row)?;
             tx.prepare_cached("UPDATE messages SET body = ?2, edited_at = ?3, changed_at = ?3 WHERE id = ?1")?
                 .execute(params![m.row, body.as_str(), at])?;
+            index(tx, m.row, body.as_str(), m.sender, m.recipient)?;
         }
         Change::Delete => {
+            unindex(tx, m.row)?;
             tx.prepare_cached("UPDATE messages SET body = '', deleted_at = ?2, changed_at = ?2 WHERE id = ?1")?
                 .execute(params![m.row, at])?;
         }
@@ -472,4 +476,22 @@ fn change(
         .prepare_cached(concat!("SELECT ", message_columns!(), " FROM messages WHERE id = ?1"))?
         .query_row([m.row], |r| rows::message(r, ids))?;
     Ok(WriteOutcome::Changed(now_stored))
+}
+
+/// Adds a message's text to the search index, under its two users.
+fn index(tx: &rusqlite::Transaction<'_>, row: i64, body: &str, sender: i64, recipient: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO messages_fts (rowid, body, owners) VALUES (?1, ?2, 'u' || ?3 || ' u' || ?4)")?
+        .execute(params![row, body, sender, recipient])?;
+    Ok(())
+}
+
+/// Takes a message's text out of the search index, before the text
+/// changes: FTS5 is told the words to remove (it keeps no copy).
+fn unindex(tx: &rusqlite::Transaction<'_>, row: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO messages_fts (messages_fts, rowid, body, owners)
+         SELECT 'delete', id, body, 'u' || sender_id || ' u' || recipient_id FROM messages WHERE id = ?1",
+    )?
+    .execute([row])?;
+    Ok(())
 }
