@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use dyad_client::protocol::{MessageView, UserId};
+use dyad_client::protocol::{ClientEvent, MessageId, MessageView, ServerEvent, UserId};
 use dyad_client::{ChatSession, Client, SessionEvent, SessionOptions};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,45 @@ pub enum TermCommand {
     Unblock(UserArgs),
     /// List the users you block.
     Blocks(ConversationsArgs),
+    /// Replace the text of a message you sent: by its id (`dyad history
+    /// --ids`), or your newest to a user.
+    Edit(EditArgs),
+    /// Delete a message you sent, for both of you: by its id, or your
+    /// newest to a user.
+    Delete(DeleteArgs),
+    /// Search all your conversations for messages holding every word.
+    Search(SearchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// A message id (m…), or a username: your newest message to them.
+    target: String,
+    /// The new text.
+    text: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// A message id (m…), or a username: your newest message to them.
+    target: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// The words to find (whole words, any case).
+    words: Vec<String>,
+    /// How many results (1–100).
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    #[command(flatten)]
+    out: JsonFlag,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +191,9 @@ pub struct HistoryArgs {
     /// Only messages older than this (ms since the epoch).
     #[arg(long)]
     before: Option<i64>,
+    /// Show each message's id (for `dyad edit` and `dyad delete`).
+    #[arg(long)]
+    ids: bool,
     #[command(flatten)]
     out: JsonFlag,
     #[command(flatten)]
@@ -218,6 +260,28 @@ pub async fn run(command: TermCommand) -> anyhow::Result<()> {
         TermCommand::Block(args) => block(&args.common.path()?, &args.username, true).await,
         TermCommand::Unblock(args) => block(&args.common.path()?, &args.username, false).await,
         TermCommand::Blocks(args) => blocks(&args.common.path()?, args.out).await,
+        TermCommand::Edit(args) => {
+            let (credentials, client) = logged_in(&args.common.path()?)?;
+            let id = own_message(&credentials, &client, &args.target).await?;
+            change(
+                &client,
+                ClientEvent::EditMessage {
+                    message_id: id,
+                    message: args.text,
+                },
+            )
+            .await?;
+            println!("edited {id}");
+            Ok(())
+        }
+        TermCommand::Delete(args) => {
+            let (credentials, client) = logged_in(&args.common.path()?)?;
+            let id = own_message(&credentials, &client, &args.target).await?;
+            change(&client, ClientEvent::DeleteMessage { message_id: id }).await?;
+            println!("deleted {id}");
+            Ok(())
+        }
+        TermCommand::Search(args) => search(&args.common.path()?, args).await,
         TermCommand::Chat(args) => {
             let (credentials, client) = logged_in(&args.common.path()?)?;
             chat::run(credentials, client, args).await
@@ -301,6 +365,74 @@ async fn logout(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The message `target` names: an id, or the user's newest message to the
+/// user of that name.
+async fn own_message(me: &Credentials, client: &Client, target: &str) -> anyhow::Result<MessageId> {
+    if let Ok(id) = target.parse::<MessageId>() {
+        return Ok(id);
+    }
+    let to = peer(client, target).await?;
+    let page = client.history(to, &[("limit", "100".to_owned())]).await?;
+    page.messages
+        .iter()
+        .find(|m| m.sender_id == me.user_id && !m.deleted)
+        .map(|m| m.message_id)
+        .with_context(|| format!("you have no message to {target} among the last 100"))
+}
+
+/// Sends an edit or a delete and waits for the server's confirmation (its
+/// `message_edited` or `message_deleted`) or refusal.
+async fn change(client: &Client, event: ClientEvent) -> anyhow::Result<()> {
+    let (ClientEvent::EditMessage { message_id, .. } | ClientEvent::DeleteMessage { message_id }) = &event else {
+        bail!("not a change");
+    };
+    let id = *message_id;
+    let mut conn = client.connect().await?;
+    conn.send(&event).await?;
+    loop {
+        match conn.next_event().await? {
+            ServerEvent::MessageEdited { message_id, .. } | ServerEvent::MessageDeleted { message_id, .. }
+                if message_id == id =>
+            {
+                return Ok(());
+            }
+            ServerEvent::Error(e) if e.message_id == Some(id) => bail!("{}: {}", e.code.as_str(), e.message),
+            _ => {}
+        }
+    }
+}
+
+async fn search(path: &Path, args: SearchArgs) -> anyhow::Result<()> {
+    let (credentials, client) = logged_in(path)?;
+    let query = [("q", args.words.join(" ")), ("limit", args.limit.to_string())];
+    let page = client.search(&query).await?;
+    if args.out.json {
+        println!("{}", serde_json::to_string(&page)?);
+        return Ok(());
+    }
+    let mut names: std::collections::HashMap<UserId, String> = client
+        .conversations()
+        .await?
+        .conversations
+        .into_iter()
+        .map(|c| (c.user_id, c.username))
+        .collect();
+    names.insert(credentials.user_id, "you".into());
+    for m in &page.messages {
+        let other = if m.sender_id == credentials.user_id {
+            m.recipient_id
+        } else {
+            m.sender_id
+        };
+        let with = names.get(&other).cloned().unwrap_or_else(|| other.to_string());
+        println!("({with}) {}", line(&credentials, &with, m, true));
+    }
+    if page.messages.is_empty() {
+        println!("nothing found");
+    }
+    Ok(())
+}
+
 async fn peer(client: &Client, username: &str) -> anyhow::Result<UserId> {
     Ok(client.user_by_username(username).await?.user_id)
 }
@@ -374,7 +506,12 @@ async fn history(path: &Path, args: HistoryArgs) -> anyhow::Result<()> {
         )?;
     }
     for message in page.messages.iter().rev() {
-        writeln!(out, "{}", line(&credentials, &args.username, message, true))?;
+        let id = if args.ids {
+            format!("{}  ", message.message_id)
+        } else {
+            String::new()
+        };
+        writeln!(out, "{id}{}", line(&credentials, &args.username, message, true))?;
     }
     Ok(())
 }

@@ -168,19 +168,33 @@ async fn chat_shows_messages_ticks_presence_and_typing_as_they_happen() {
     let header = wait_line(&mut lines, "chatting with alice").await;
     assert!(header.contains("online"), "{header}");
     wait_line(&mut lines, "alice: before the chat").await;
-    // The chat acknowledges what it showed: Alice gets her delivered tick.
+    // The chat acknowledges what it showed, and marks it read: Alice gets
+    // her delivered tick, then her read receipt.
     a.expect_delivered().await;
+    assert_eq!(a.expect_read().await.0, bob_id);
 
     // Live both ways, with ticks.
     let ack = a.send_and_ack(bob_id, "live from alice", "k1").await;
     wait_line(&mut lines, "alice: live from alice").await;
     assert_eq!(a.expect_delivered().await, ack.message_id);
+    assert_eq!(a.expect_read().await.2, ack.message_id);
     input.write_all(b"reply from bob\n").await.unwrap();
     let reply = a.expect_message().await;
     assert_eq!(reply.message, "reply from bob");
     wait_line(&mut lines, "✓ sent").await;
     a.0.delivery_ack(vec![reply.message_id]).await.unwrap();
     wait_line(&mut lines, "✓✓ delivered: reply from bob").await;
+    a.read_ack(reply.message_id).await;
+    assert_eq!(a.expect_read().await.0, alice.id);
+    wait_line(&mut lines, "✓✓ read by alice").await;
+
+    // Edits and deletes show as they happen.
+    a.edit(ack.message_id, "live, edited").await;
+    a.expect_edited().await;
+    wait_line(&mut lines, "* alice edited a message: live, edited").await;
+    a.delete(ack.message_id).await;
+    a.expect_deleted().await;
+    wait_line(&mut lines, "* alice deleted a message").await;
 
     // Typing, then presence: Alice leaves and comes back.
     a.0.send(&ClientEvent::Typing { recipient_id: bob_id }).await.unwrap();
@@ -307,5 +321,114 @@ async fn block_unblock_and_list_from_the_terminal() {
     assert!(stdout(&run(&alice, &["unblock", "bob"], "").await).contains("unblocked bob"));
     stdout(&run(&alice, &["send", "bob", "hi"], "").await);
     assert!(failure(&run(&alice, &["block", "nobody"], "").await).contains("user_not_found"));
+    server.stop().await;
+}
+
+/// `dyad edit`, `dyad delete` (by id, or "my newest to this user"),
+/// `dyad search`, and `dyad history --ids`.
+#[tokio::test]
+async fn edit_delete_and_search_from_the_terminal() {
+    let server = TestServer::spawn().await;
+    let alice = server.user("alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bob.json");
+    stdout(
+        &run(
+            &config,
+            &["register", "bob", "--server", &server.base, "--password-stdin"],
+            &format!("{PASSWORD}\n"),
+        )
+        .await,
+    );
+    stdout(&run(&config, &["send", "alice", "Grüße aus Köln"], "").await);
+    stdout(&run(&config, &["send", "alice", "a tpyo"], "").await);
+
+    let out = stdout(&run(&config, &["edit", "alice", "a typo, fixed"], "").await);
+    assert!(out.starts_with("edited m"), "{out}");
+    let history = stdout(&run(&config, &["history", "alice", "--ids"], "").await);
+    assert!(history.contains("a typo, fixed (edited)"), "{history}");
+    let id = history
+        .lines()
+        .find(|l| l.contains("Grüße"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert!(id.starts_with('m'), "{history}");
+
+    let found = stdout(&run(&config, &["search", "KÖLN"], "").await);
+    assert!(found.contains("(alice)") && found.contains("Grüße aus Köln"), "{found}");
+    let out = stdout(&run(&config, &["delete", &id], "").await);
+    assert_eq!(out.trim(), format!("deleted {id}"));
+    let history = stdout(&run(&config, &["history", "alice"], "").await);
+    assert!(
+        history.contains("(message deleted)") && !history.contains("Köln"),
+        "{history}"
+    );
+    assert_eq!(
+        stdout(&run(&config, &["search", "köln"], "").await).trim(),
+        "nothing found"
+    );
+
+    // Someone else's message: refused with the server's code.
+    let bob_id = alice.client.user_by_username("bob").await.unwrap().user_id;
+    let mut a = alice.connect_raw().await;
+    assert_eq!(a.replay().await.len(), 2, "bob's two, as they are now");
+    let theirs = a.send_and_ack(bob_id, "from alice", "k").await.message_id;
+    let out = run(&config, &["delete", &theirs.to_string()], "").await;
+    assert!(failure(&out).contains("forbidden"), "{out:?}");
+    server.stop().await;
+}
+
+/// At a terminal, `dyad chat` reads keys as they are typed: the other side
+/// sees "typing" before the line is sent.
+#[tokio::test]
+async fn chat_at_a_terminal_sends_typing_as_keys_are_pressed() {
+    use std::io::Write as _;
+    let server = TestServer::spawn().await;
+    let alice = server.user("alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bob.json");
+    stdout(
+        &run(
+            &config,
+            &["register", "bob", "--server", &server.base, "--password-stdin"],
+            &format!("{PASSWORD}\n"),
+        )
+        .await,
+    );
+    let bob_id = alice.client.user_by_username("bob").await.unwrap().user_id;
+    let mut a = alice.connect().await;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut chat: Child = dyad(&config)
+        .args(["chat", "alice"])
+        .stdin(std::process::Stdio::from(pty.slave))
+        .spawn()
+        .unwrap();
+    let mut keyboard = std::fs::File::from(pty.master);
+    let mut lines = BufReader::new(chat.stdout.take().unwrap()).lines();
+    wait_line(&mut lines, "chatting with alice").await;
+    keyboard.write_all(b"h").unwrap();
+    loop {
+        match a.next().await {
+            ServerEvent::Typing { sender_id } => {
+                assert_eq!(sender_id, bob_id);
+                break;
+            }
+            ServerEvent::Presence(_) => continue,
+            other => panic!("expected typing, got {other:?}"),
+        }
+    }
+    keyboard.write_all("éllo\x7f\x7fo!\r".as_bytes()).unwrap();
+    let m = loop {
+        match a.next().await {
+            ServerEvent::ReceiveMessage(m) => break m,
+            ServerEvent::Typing { .. } => continue,
+            other => panic!("expected the message, got {other:?}"),
+        }
+    };
+    assert_eq!(m.message, "hélo!", "backspace takes whole characters");
+    keyboard.write_all(&[4]).unwrap(); // Ctrl-D on an empty line
+    let status = tokio::time::timeout(WAIT, chat.wait()).await.unwrap().unwrap();
+    assert!(status.success());
     server.stop().await;
 }
