@@ -486,7 +486,11 @@ async fn with_15000_idle_sockets_and_a_login_flood_a_user_elsewhere_logs_in_quic
     stop.cancel();
     took.sort();
     eprintln!("logins from elsewhere during the flood took {took:?}");
-    assert!(took[1] < Duration::from_secs(1), "logins from elsewhere took {took:?}");
+    // 2 s, not 1: on 2026-12-01 this machine took 0.88-1.08 s (middle of
+    // three) with this process's own flood clients and 15,000 sockets on the
+    // same two cores, before and after that day's changes alike (a login
+    // served behind the flood instead would wait out every queued hash).
+    assert!(took[1] < Duration::from_secs(2), "logins from elsewhere took {took:?}");
     flood.join_all().await;
     // The silent sockets are closed by the server at the request deadline (10 s).
     let started = Instant::now();
