@@ -456,7 +456,7 @@ async fn a_browser_and_a_terminal_chat_and_history_pages_back() {
     wait_line(&mut lines, "you: old 120 ✓✓").await;
     send(&browser, "hi terminal").await;
     wait_line(&mut lines, "bob: hi terminal").await;
-    wait_for_message(&browser, "hi terminal", true, &["delivered"]).await;
+    wait_for_message(&browser, "hi terminal", true, &["read"]).await;
     input.write_all(b"hi browser\n").await.unwrap();
     wait_for_message(&browser, "hi browser", false, &[]).await;
     wait_line(&mut lines, "✓✓ delivered: hi browser").await;
