@@ -184,6 +184,13 @@ impl Cursors {
                 if m.seq <= cursor.last || cursor.ahead.contains(&m.seq) || here {
                     return;
                 }
+                if m.seq == cursor.last + 1 && cursor.held.is_empty() && cursor.ahead.is_empty() {
+                    // The usual case, in order with nothing held or ahead: straight
+                    // out, without a trip through the held map.
+                    out.push(m.frame);
+                    cursor.last = m.seq;
+                    return;
+                }
                 let held = cursor.held.entry(m.seq).or_insert_with(|| Held {
                     ts: m.ts,
                     frame: None,
