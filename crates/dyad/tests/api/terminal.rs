@@ -149,15 +149,7 @@ async fn register_login_send_history_and_logout_from_scripts() {
 async fn chat_shows_messages_ticks_presence_and_typing_as_they_happen() {
     let server = TestServer::spawn().await;
     let alice = server.user("alice").await;
-    let dir = tempfile::tempdir().unwrap();
-    let bob_config = dir.path().join("bob.json");
-    let out = run(
-        &bob_config,
-        &["register", "bob", "--server", &server.base, "--password-stdin"],
-        &format!("{PASSWORD}\n"),
-    )
-    .await;
-    stdout(&out);
+    let (_dir, bob_config) = bob_registered(&server).await;
     let bob_id = alice.client.user_by_username("bob").await.unwrap().user_id;
     let mut a = alice.connect().await;
     a.send_and_ack(bob_id, "before the chat", "k0").await;
@@ -330,16 +322,7 @@ async fn block_unblock_and_list_from_the_terminal() {
 async fn edit_delete_and_search_from_the_terminal() {
     let server = TestServer::spawn().await;
     let alice = server.user("alice").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bob.json");
-    stdout(
-        &run(
-            &config,
-            &["register", "bob", "--server", &server.base, "--password-stdin"],
-            &format!("{PASSWORD}\n"),
-        )
-        .await,
-    );
+    let (_dir, config) = bob_registered(&server).await;
     stdout(&run(&config, &["send", "alice", "Grüße aus Köln"], "").await);
     stdout(&run(&config, &["send", "alice", "a tpyo"], "").await);
 
@@ -386,16 +369,7 @@ async fn chat_at_a_terminal_sends_typing_as_keys_are_pressed() {
     use std::io::Write as _;
     let server = TestServer::spawn().await;
     let alice = server.user("alice").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bob.json");
-    stdout(
-        &run(
-            &config,
-            &["register", "bob", "--server", &server.base, "--password-stdin"],
-            &format!("{PASSWORD}\n"),
-        )
-        .await,
-    );
+    let (_dir, config) = bob_registered(&server).await;
     let bob_id = alice.client.user_by_username("bob").await.unwrap().user_id;
     let mut a = alice.connect().await;
     let pty = nix::pty::openpty(None, None).unwrap();
@@ -431,4 +405,13 @@ async fn chat_at_a_terminal_sends_typing_as_keys_are_pressed() {
     let status = tokio::time::timeout(WAIT, chat.wait()).await.unwrap().unwrap();
     assert!(status.success());
     server.stop().await;
+}
+
+/// Bob, registered and logged in from the terminal: his credentials file.
+async fn bob_registered(server: &TestServer) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bob.json");
+    let register = ["register", "bob", "--server", &server.base, "--password-stdin"];
+    stdout(&run(&config, &register, &format!("{PASSWORD}\n")).await);
+    (dir, config)
 }

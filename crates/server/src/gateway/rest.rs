@@ -14,7 +14,7 @@ use dyad_protocol::rest::{
     BlockList, ConversationList, ConversationView, Credentials, ErrorBody, HistoryPage, PasswordChange,
     PasswordConfirmation, SessionCreated, SessionList, Settings, SettingsPatch, UserCreated, UserSummary,
 };
-use dyad_store::PageRequest;
+use dyad_store::{Page, PageRequest};
 
 use super::{Authed, Source};
 use crate::App;
@@ -336,10 +336,7 @@ pub(crate) async fn history(
     if page.messages.is_empty() {
         app.store.user_by_id(peer).await?.ok_or(ApiError::UserNotFound)?;
     }
-    Ok(Json(HistoryPage {
-        messages: page.messages.iter().map(|m| m.view()).collect(),
-        has_more: page.has_more,
-    }))
+    Ok(Json(history_page(&page)))
 }
 
 /// `GET /api/v1/conversations`: the caller's conversations, most recent first.
@@ -402,10 +399,15 @@ pub(crate) async fn search(
         ))
     })?;
     let page = app.store.search(session.user_id, &text, before, limit).await?;
-    Ok(Json(HistoryPage {
+    Ok(Json(history_page(&page)))
+}
+
+/// A page of messages as the API answers it (history and search alike).
+fn history_page(page: &Page) -> HistoryPage {
+    HistoryPage {
         messages: page.messages.iter().map(|m| m.view()).collect(),
         has_more: page.has_more,
-    }))
+    }
 }
 
 fn page_request(params: Params) -> Result<PageRequest, ApiError> {
