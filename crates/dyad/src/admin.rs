@@ -30,6 +30,33 @@ pub enum AdminCommand {
     /// Manage one account (with or without a running server).
     #[command(subcommand)]
     User(UserCommand),
+    /// Copy a SQLite store to a new file while the server keeps running: a
+    /// consistent snapshot holding every message acked before it began.
+    /// (PostgreSQL: use pg_dump or continuous archiving; docs/OPERATIONS.md.)
+    Backup(BackupArgs),
+    /// Put a backup in place of a SQLite store; the server must be stopped.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The new file to write (it must not exist).
+    path: PathBuf,
+    /// The store to copy.
+    #[arg(long, env = "DYAD_DATABASE", default_value = "sqlite://dyad-data/dyad.db")]
+    database: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup to put back (checked before anything is touched).
+    backup: PathBuf,
+    /// The store to restore into.
+    #[arg(long, env = "DYAD_DATABASE", default_value = "sqlite://dyad-data/dyad.db")]
+    database: String,
+    /// Overwrite a store that exists (it must not be open in a server).
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +275,35 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::User(command) => user(command).await,
         AdminCommand::Fill(args) => fill(args).await,
+        AdminCommand::Backup(args) => {
+            let started = std::time::Instant::now();
+            let source = sqlite_path(&args.database)?;
+            let summary = dyad_store::sqlite::backup::backup(source, &args.path)
+                .with_context(|| format!("backing up {} to {}", source.display(), args.path.display()))?;
+            println!(
+                "backed up {} messages and {} users ({} bytes, schema version {}) to {} in {:.2} s",
+                summary.messages,
+                summary.users,
+                summary.bytes,
+                summary.schema_version,
+                args.path.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        AdminCommand::Restore(args) => {
+            let dest = sqlite_path(&args.database)?;
+            let summary = dyad_store::sqlite::backup::restore(&args.backup, dest, args.replace)
+                .with_context(|| format!("restoring {} to {}", args.backup.display(), dest.display()))?;
+            println!(
+                "restored {} messages and {} users (schema version {}) to {}",
+                summary.messages,
+                summary.users,
+                summary.schema_version,
+                dest.display()
+            );
+            Ok(())
+        }
         AdminCommand::Provision(args) => {
             let started = std::time::Instant::now();
             let users = provision(&args.database, &args.prefix, args.users, args.ttl).await?;
@@ -261,6 +317,17 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// The file of a `sqlite://` store; PostgreSQL has its own tools.
+fn sqlite_path(database: &str) -> anyhow::Result<&std::path::Path> {
+    match database.strip_prefix("sqlite://") {
+        Some(path) if !path.is_empty() => Ok(std::path::Path::new(path)),
+        _ => anyhow::bail!(
+            "backup and restore here are for SQLite stores; for PostgreSQL use pg_dump and pg_restore, \
+             or continuous archiving (docs/OPERATIONS.md)"
+        ),
     }
 }
 

@@ -32,6 +32,11 @@ pub struct ClusterConfig {
     pub presence_ttl: Duration,
 }
 
+impl ClusterConfig {
+    /// How long presence outlives its node's last heartbeat unless told.
+    pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(300);
+}
+
 /// The shared backend (Redis) failed.
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]

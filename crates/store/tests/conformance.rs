@@ -949,6 +949,92 @@ async fn two_nodes_writing_one_conversation_at_once_keep_seq_gap_free_and_keys_u
     assert_eq!(page.messages.len(), 80);
 }
 
+/// PostgreSQL only: a search asks the newest id buckets first and the rest
+/// only when those did not fill the page; ids far apart (the sequence moved
+/// on between sends) must still come back in one newest-first order.
+#[tokio::test]
+async fn search_on_postgres_pages_across_id_buckets_in_order() {
+    use dyad_protocol::domain::SearchText;
+    use sqlx::Connection;
+    let url = dyad_store::testing::scratch_postgres_url().await.unwrap();
+    let s = dyad_store::open(&url).await.unwrap();
+    let mut sql = sqlx::PgConnection::connect(&url).await.unwrap();
+    let [a, b, c] = users(&*s, &["alice", "bob", "carol"]).await[..] else {
+        unreachable!()
+    };
+    let mut ids = Vec::new();
+    let mut now = 10;
+    for (restart, sends) in [
+        (
+            None,
+            vec![(a, b, "needle one"), (b, a, "needle two"), (c, a, "needle c")],
+        ),
+        (Some(5 << 16), vec![(a, b, "needle three"), (a, b, "hay")]),
+        (Some(40 << 16), vec![(a, b, "needle mid")]),
+        (Some(100 << 16), vec![(b, a, "needle four"), (c, b, "needle other")]),
+    ] {
+        if let Some(at) = restart {
+            let alter = format!("ALTER SEQUENCE message_ids RESTART WITH {at}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(alter))
+                .execute(&mut sql)
+                .await
+                .unwrap();
+        }
+        let ops = sends.into_iter().map(|(f, t, body)| send(f, t, body, None)).collect();
+        now += 10;
+        let out = s.write_batch(ops, now).await.unwrap();
+        ids.extend(out.iter().map(|o| stored(o).0.id));
+    }
+    let [one, two, by_c, three, _hay, mid, four, other] = ids[..] else {
+        unreachable!()
+    };
+    let three_ts = s
+        .history(
+            a,
+            b,
+            PageRequest::Before {
+                before: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap()
+        .messages
+        .iter()
+        .find(|m| m.id == three)
+        .unwrap()
+        .timestamp;
+    let text = SearchText::parse("needle").unwrap();
+    // Without statistics every word counts as rare: one query by the user's
+    // own lexeme. After ANALYZE "needle" is common here: rounds of buckets
+    // from the newest (100, 96-99, 80-95, 16-79, then all below 16). A
+    // fresh store reads the statistics afresh.
+    for s in [s, {
+        sqlx::raw_sql("ANALYZE messages").execute(&mut sql).await.unwrap();
+        dyad_store::open(&url).await.unwrap()
+    }] {
+        let found = |user, before, limit| {
+            let (s, text) = (&s, &text);
+            async move {
+                let page = s.search(user, text, before, limit).await.unwrap();
+                (page.messages.iter().map(|m| m.id).collect::<Vec<_>>(), page.has_more)
+            }
+        };
+        let all = vec![four, mid, three, by_c, two, one];
+        assert_eq!(found(a, None, 10).await, (all.clone(), false));
+        assert_eq!(
+            found(b, None, 10).await,
+            (vec![other, four, mid, three, two, one], false)
+        );
+        assert_eq!(found(c, None, 10).await, (vec![other, by_c], false));
+        for n in 1..all.len() {
+            assert_eq!(found(a, None, n).await, (all[..n].to_vec(), true), "limit {n}");
+        }
+        assert_eq!(found(a, None, all.len()).await, (all, false));
+        assert_eq!(found(a, Some(three_ts), 10).await, (vec![by_c, two, one], false));
+    }
+}
+
 fn read(reader: UserId, message_id: MessageId) -> WriteOp {
     WriteOp::Read { reader, message_id }
 }
@@ -1228,5 +1314,49 @@ async fn search_finds_whole_words_in_any_case_in_the_searchers_own_current_messa
         assert_eq!(found(a, "typo", None, 10).await.0, vec![], "{driver}");
         assert_eq!(found(b, "fixed", None, 10).await.0, vec![ids[4]], "{driver}");
         assert_eq!(found(a, "secret", None, 10).await.0, vec![], "{driver}");
+    }
+}
+
+/// A database a newer release wrote is refused before anything is written:
+/// an older binary must not run on a schema it does not know.
+#[tokio::test]
+async fn a_database_from_a_newer_release_is_refused_and_left_as_it_was() {
+    use sqlx::Connection;
+    for (driver, fresh) in drivers().await {
+        users(&*fresh.store, &["alice"]).await;
+        let newer = 999;
+        let version = async || -> i64 {
+            if let Some(path) = fresh.url.strip_prefix("sqlite://") {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
+            } else {
+                let mut sql = sqlx::PgConnection::connect(&fresh.url).await.unwrap();
+                sqlx::query_scalar::<_, i32>("SELECT max(version) FROM dyad_schema")
+                    .fetch_one(&mut sql)
+                    .await
+                    .unwrap()
+                    .into()
+            }
+        };
+        if let Some(path) = fresh.url.strip_prefix("sqlite://") {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.pragma_update(None, "user_version", newer).unwrap();
+        } else {
+            let mut sql = sqlx::PgConnection::connect(&fresh.url).await.unwrap();
+            sqlx::query("INSERT INTO dyad_schema (version) VALUES ($1)")
+                .bind(newer)
+                .execute(&mut sql)
+                .await
+                .unwrap();
+        }
+        let Err(refused) = dyad_store::open(&fresh.url).await else {
+            panic!("{driver}: a newer schema was opened");
+        };
+        let said = refused.to_string();
+        assert!(
+            said.contains("schema version 999, newer than this dyad knows"),
+            "{driver}: {said}"
+        );
+        assert_eq!(version().await, i64::from(newer), "{driver}: untouched");
     }
 }

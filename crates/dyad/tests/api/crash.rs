@@ -12,23 +12,6 @@ async fn start(db: &Path) -> ServerProcess {
     ServerProcess::start(&["--database", &format!("sqlite://{}", db.display())]).await
 }
 
-async fn all_history(client: &Client, peer: UserId) -> Vec<(MessageId, i64, String)> {
-    let mut out = Vec::new();
-    let mut before: Option<i64> = None;
-    loop {
-        let mut q = vec![("limit", "100".to_owned())];
-        if let Some(b) = before {
-            q.push(("before", b.to_string()));
-        }
-        let page = client.history(peer, &q).await.unwrap();
-        before = page.messages.last().map(|m| m.timestamp);
-        out.extend(page.messages.into_iter().map(|m| (m.message_id, m.seq, m.message)));
-        if !page.has_more {
-            return out;
-        }
-    }
-}
-
 const TOTAL: usize = 400;
 
 /// Connects as `client` and sends `message i` with key `key-i` for every i.

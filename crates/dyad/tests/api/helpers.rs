@@ -419,3 +419,22 @@ pub async fn alice_and_bob_connected(mut alice: Client, mut bob: Client) -> (Cli
     assert!(a.replay().await.is_empty() && b.replay().await.is_empty());
     (alice, bob_id, a, b)
 }
+
+/// Every message between `client`'s user and `peer`, newest first, paged
+/// through REST: `(id, seq, text)`.
+pub async fn all_history(client: &Client, peer: UserId) -> Vec<(MessageId, i64, String)> {
+    let mut out = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut q = vec![("limit", "100".to_owned())];
+        if let Some(b) = before {
+            q.push(("before", b.to_string()));
+        }
+        let page = client.history(peer, &q).await.unwrap();
+        before = page.messages.last().map(|m| m.timestamp);
+        out.extend(page.messages.into_iter().map(|m| (m.message_id, m.seq, m.message)));
+        if !page.has_more {
+            return out;
+        }
+    }
+}

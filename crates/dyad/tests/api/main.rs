@@ -6,11 +6,13 @@
 mod abuse;
 mod accounts;
 mod admin;
+mod backup;
 mod bench;
 mod blocks;
 mod browser;
 mod changes;
 mod cluster;
+mod config;
 mod crash;
 mod errors;
 mod fuzz;

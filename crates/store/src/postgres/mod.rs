@@ -8,6 +8,7 @@
 //! (see `write.rs`).
 
 mod schema;
+mod search;
 mod write;
 
 use std::time::Duration;
@@ -93,6 +94,8 @@ pub struct PostgresStore {
     pool: PgPool,
     ids: IdCipher,
     writer: mpsc::UnboundedSender<WriteJob>,
+    /// How common each search term is, from PostgreSQL's statistics.
+    terms: search::TermStats,
 }
 
 /// A batch for the writer thread, and where its outcome goes.
@@ -108,7 +111,12 @@ impl PostgresStore {
 
     /// Like [`PostgresStore::connect`], from parsed options.
     pub async fn connect_with(options: PgConnectOptions) -> StoreResult<PostgresStore> {
-        let options = options.application_name("dyad");
+        // A chat server's reads are many and small: a parallel plan (a
+        // search that matches many rows) took every core from the rest, and
+        // at 10M messages ran for seconds waiting on its workers.
+        let options = options
+            .application_name("dyad")
+            .options([("max_parallel_workers_per_gather", "0")]);
         let mut conn = options.connect().await.map_err(backend)?;
         schema::migrate(&mut conn).await.map_err(backend)?;
         let ids = schema::id_cipher(&mut conn).await.map_err(backend)?;
@@ -119,7 +127,12 @@ impl PostgresStore {
             .idle_timeout(Duration::from_secs(60))
             .connect_lazy_with(options.clone());
         let writer = spawn_writer(options, ids)?;
-        Ok(PostgresStore { pool, ids, writer })
+        Ok(PostgresStore {
+            pool,
+            ids,
+            writer,
+            terms: search::TermStats::default(),
+        })
     }
 }
 
@@ -664,28 +677,7 @@ impl MessageStore for PostgresStore {
     }
 
     async fn search(&self, user: UserId, text: &SearchText, before: Option<i64>, n: usize) -> StoreResult<Page> {
-        let row = self.ids.user_row(user);
-        // Every word, and the user's lexeme: one GIN lookup intersects them.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            ", CASE WHEN m.recipient_id = c.user_lo THEN m.seq <= c.lo_read_seq ELSE m.seq <= c.hi_read_seq END
-                AND (SELECT bool_and(read_receipts) FROM users WHERE id IN (c.user_lo, c.user_hi))",
-            messages!(),
-            "JOIN conversations c ON c.id = m.conversation_id
-             WHERE dyad_search_vector(m.body, m.sender_id, m.recipient_id)
-                   @@ (plainto_tsquery('simple', $1) && format('%L', '~' || $2::text)::tsquery)
-               AND m.ts < $3 AND m.deleted_at IS NULL
-             ORDER BY m.id DESC
-             LIMIT $4"
-        ))
-        .bind(text.words().join(" "))
-        .bind(row)
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit(n).saturating_add(1))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let rows = self.search_rows(user, text, before, limit(n).saturating_add(1)).await?;
         let mut messages = each_row(&rows, |r| {
             let mut m = message(r, self.ids)?;
             m.read = r.try_get::<Option<bool>, _>(9)?.unwrap_or(false);

@@ -9,6 +9,7 @@
 //! the writer. A checkpointer thread copies the WAL back beside the writer
 //! (`spawn_checkpointer`).
 
+pub mod backup;
 mod reads;
 mod rows;
 mod schema;

@@ -140,9 +140,31 @@ fn backfill_client_keys(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> 
     Ok(())
 }
 
-/// Brings the database up to the newest schema.
-pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+/// The schema version this build writes.
+pub const VERSION: usize = MIGRATIONS.len();
+
+/// The schema version of the database on `conn`, refused if it is newer than
+/// this build knows: an older binary must not write to it.
+pub(super) fn version(conn: &Connection) -> Result<usize, String> {
+    let current: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if current > VERSION {
+        return Err(format!(
+            "the database has schema version {current}, newer than this dyad knows ({VERSION}): \
+             it was written by a newer release; run that release (or a newer one), or restore a backup"
+        ));
+    }
+    Ok(current)
+}
+
+/// Brings the database up to the newest schema, in one transaction per step.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let current = version(conn)?;
+    step(conn, current).map_err(|e| e.to_string())
+}
+
+fn step(conn: &mut Connection, current: usize) -> rusqlite::Result<()> {
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
