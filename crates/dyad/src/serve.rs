@@ -202,6 +202,20 @@ struct Settings {
     #[arg(long, env = "DYAD_LOG")]
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<String>,
+    /// Log lines as text for people or as one JSON object per line, with
+    /// the fields of the event and its spans, for a log pipeline [default:
+    /// text].
+    #[arg(long, env = "DYAD_LOG_FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Settings {
@@ -236,6 +250,7 @@ impl Settings {
             trusted_proxies: Some(Vec::new()),
             allowed_origins: Some(Vec::new()),
             log: Some("info".into()),
+            log_format: Some(LogFormat::Text),
             ..Settings::default()
         }
     }
@@ -395,12 +410,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let log = settings.log.as_deref().unwrap_or("info");
     let filter = EnvFilter::try_new(log).context("bad log filter")?;
-    let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        Some(LogFormat::Json) => logs.json().with_current_span(true).with_span_list(true).init(),
+        _ => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let config = settings.config()?;
     let database = settings.database.as_deref().unwrap_or_default();
     let listen = settings.listen.as_deref().unwrap_or_default();

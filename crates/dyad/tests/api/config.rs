@@ -133,3 +133,59 @@ async fn a_server_runs_on_the_settings_in_its_file() {
         .unwrap();
     assert_eq!(response.status(), 403, "the file closed registration");
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_fields_of_their_spans() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dyad"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log",
+            "debug",
+        ])
+        .args(["--database", &format!("sqlite://{}", dir.path().join("d.db").display())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = stdout.next_line().await.unwrap().unwrap();
+    let base = line.strip_prefix("dyad listening on ").unwrap().to_owned();
+    let mut alice = dyad_client::Client::new(&base);
+    alice.register("alice", crate::helpers::PASSWORD).await.unwrap();
+    let alice_id = alice.login("alice", crate::helpers::PASSWORD).await.unwrap().user_id;
+    let _conn = alice.connect().await.unwrap();
+
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen_serving = false;
+    loop {
+        let line = tokio::time::timeout(crate::helpers::WAIT, stderr.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(event["timestamp"].is_string() && event["level"].is_string(), "{line}");
+        match event["fields"]["message"].as_str() {
+            Some("serving") => {
+                assert!(event["fields"]["addr"].is_string(), "{line}");
+                seen_serving = true;
+            }
+            // Inside the connection's span: its fields come with the line.
+            Some("connected") => {
+                assert_eq!(event["span"]["name"], "session", "{line}");
+                assert_eq!(event["span"]["user_id"], alice_id.to_string(), "{line}");
+                assert!(event["spans"].is_array(), "{line}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(seen_serving);
+}

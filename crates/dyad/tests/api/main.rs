@@ -27,3 +27,4 @@ mod presence;
 mod session;
 mod terminal;
 mod tls;
+mod upgrade;
