@@ -36,6 +36,20 @@ pub enum AdminCommand {
     Backup(BackupArgs),
     /// Put a backup in place of a SQLite store; the server must be stopped.
     Restore(RestoreArgs),
+    /// Move a SQLite store into an empty PostgreSQL database: every account,
+    /// session, setting, block and message, with the same ids. Stop the
+    /// server first; start it (or a cluster) on the new database after.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The SQLite store to copy (sqlite://PATH).
+    #[arg(long)]
+    from: String,
+    /// The empty PostgreSQL database to fill (postgres://USER@HOST:PORT/DB).
+    #[arg(long)]
+    to: String,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +305,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        AdminCommand::Migrate(args) => migrate(args).await,
         AdminCommand::Restore(args) => {
             let dest = sqlite_path(&args.database)?;
             let summary = dyad_store::sqlite::backup::restore(&args.backup, dest, args.replace)
@@ -318,6 +333,31 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let source = sqlite_path(&args.from)?;
+    if !(args.to.starts_with("postgres://") || args.to.starts_with("postgresql://")) {
+        anyhow::bail!("--to takes a postgres:// URL");
+    }
+    let started = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::new_spinner();
+    let copied = dyad_store::postgres::import::from_sqlite(source, &args.to, |table, n| {
+        bar.set_message(format!("{table}: {n}"));
+        bar.tick();
+    })
+    .await
+    .with_context(|| format!("migrating {} to PostgreSQL", source.display()))?;
+    bar.finish_and_clear();
+    println!(
+        "migrated {} users, {} sessions, {} conversations and {} messages in {:.1} s",
+        copied.users,
+        copied.sessions,
+        copied.conversations,
+        copied.messages,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// The file of a `sqlite://` store; PostgreSQL has its own tools.

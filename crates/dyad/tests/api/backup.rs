@@ -1,5 +1,6 @@
-//! `dyad admin backup` and `restore`: a snapshot of a live SQLite store,
-//! taken while messages keep flowing, put back and served again.
+//! Moving the data: `dyad admin backup` and `restore` (a snapshot of a live
+//! SQLite store, taken while messages keep flowing, put back and served
+//! again) and `dyad admin migrate` (SQLite into PostgreSQL).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -138,4 +139,43 @@ async fn backup_and_restore_refuse_postgres_and_damaged_files() {
     let (ok, said) = admin(&["restore", junk.to_str().unwrap(), "--database", &sqlite(&target)]).await;
     assert!(!ok, "{said}");
     assert!(!target.exists(), "nothing is touched before the backup is checked");
+}
+
+#[tokio::test]
+async fn a_sqlite_store_migrated_to_postgres_serves_the_same_history_to_the_same_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("small.db");
+    let mut server = ServerProcess::start(&["--database", &sqlite(&db)]).await;
+    let mut alice = Client::new(&server.base);
+    alice.register("alice", PASSWORD).await.unwrap();
+    alice.login("alice", PASSWORD).await.unwrap();
+    let bob = alice.register("bob", PASSWORD).await.unwrap().user_id;
+    let mut conn = alice.connect().await.unwrap();
+    assert!(matches!(
+        conn.next_event().await.unwrap(),
+        ServerEvent::PendingComplete { count: 0 }
+    ));
+    for i in 0..3 {
+        conn.send_message(bob, &format!("before the move {i}"), None)
+            .await
+            .unwrap();
+        while !matches!(conn.next_event().await.unwrap(), ServerEvent::MessageAck { .. }) {}
+    }
+    let before = all_history(&alice, bob).await;
+    server.terminate().await;
+
+    let target = dyad_store::testing::scratch_postgres_url().await.unwrap();
+    let (ok, said) = admin(&["migrate", "--from", &sqlite(&db), "--to", &target]).await;
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("migrated 2 users, 1 sessions, 1 conversations and 3 messages"),
+        "{said}"
+    );
+    let server = ServerProcess::start(&["--database", &target]).await;
+    let alice = Client::new(&server.base).with_token(alice.token().unwrap(), alice.user_id().unwrap());
+    assert_eq!(all_history(&alice, bob).await, before);
+    // Into a database that holds data: refused, nothing added.
+    let (ok, said) = admin(&["migrate", "--from", &sqlite(&db), "--to", &target]).await;
+    assert!(!ok && said.contains("empty"), "{said}");
+    assert_eq!(all_history(&alice, bob).await, before);
 }

@@ -7,6 +7,7 @@
 //! its size: its rows travel as arrays and `unnest` turns them into sets
 //! (see `write.rs`).
 
+pub mod import;
 mod schema;
 mod search;
 mod write;
