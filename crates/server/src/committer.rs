@@ -38,6 +38,8 @@ struct Route {
     about: Option<MessageId>,
     /// Held until the answer is queued.
     _slot: Option<OwnedSemaphorePermit>,
+    /// When the write was submitted.
+    submitted: Instant,
 }
 
 impl Route {
@@ -53,7 +55,7 @@ impl Route {
 }
 
 enum Request {
-    Write(Submission),
+    Write(Submission, Instant),
     Flush(oneshot::Sender<()>),
 }
 
@@ -84,7 +86,8 @@ impl GroupCommit {
 
     /// Queues a write; waits while the queue is full (backpressure).
     pub async fn submit(&self, s: Submission) -> Result<(), Stopped> {
-        self.tx.send(Request::Write(s)).await.map_err(|_| Stopped)
+        let now = Instant::now();
+        self.tx.send(Request::Write(s, now)).await.map_err(|_| Stopped)
     }
 
     /// Resolves once everything queued before it is committed and dispatched.
@@ -104,12 +107,13 @@ async fn run(
 ) {
     let mut requests = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut requests, max_batch).await > 0 {
+        metrics.commit_queue_depth.observe((requests.len() + rx.len()) as f64);
         let mut ops = Vec::with_capacity(requests.len());
         let mut routes = Vec::with_capacity(requests.len());
         let mut flushes = Vec::new();
         for request in requests.drain(..) {
             match request {
-                Request::Write(s) => {
+                Request::Write(s, submitted) => {
                     let (client_msg_id, about) = match &s.op {
                         WriteOp::Send(m) => (m.client_msg_id.as_ref().map(|k| k.as_str().to_owned()), None),
                         WriteOp::Deliver { .. } => (None, None),
@@ -123,6 +127,7 @@ async fn run(
                         client_msg_id,
                         about,
                         _slot: s.slot,
+                        submitted,
                     });
                 }
                 Request::Flush(done) => flushes.push(done),
@@ -168,7 +173,10 @@ fn dispatch(hub: &Hub, metrics: &Metrics, outcome: WriteOutcome, route: Route) {
     match outcome {
         WriteOutcome::Stored { message, duplicate } => {
             let Route {
-                origin, client_msg_id, ..
+                origin,
+                client_msg_id,
+                submitted,
+                ..
             } = route;
             if let Some(origin) = &origin {
                 let ack = encode(&ServerEvent::MessageAck {
@@ -183,6 +191,7 @@ fn dispatch(hub: &Hub, metrics: &Metrics, outcome: WriteOutcome, route: Route) {
                     Kind::Ack,
                     Sequenced::of(&message, message.recipient_id, ack),
                 ));
+                metrics.send_ack_seconds.observe(submitted.elapsed().as_secs_f64());
                 if let (true, Some(delivered_at)) = (duplicate, message.delivered_at) {
                     // A retry of a message that is already delivered: say so at once.
                     origin.push(encode(&ServerEvent::MessageDelivered {

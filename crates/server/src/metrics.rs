@@ -36,6 +36,45 @@ pub struct Metrics {
     pub tcp_connections: Gauge,
     /// Requests and connections refused by an abuse limit, by limit.
     pub refused: Family<[(&'static str, &'static str); 1], Counter>,
+    /// From a send's frame read to its ack queued on its connection.
+    pub send_ack_seconds: Histogram,
+    /// Writes waiting for the group commit when a batch starts.
+    pub commit_queue_depth: Histogram,
+    /// WebSocket connections by state: `replaying` (sending what arrived
+    /// while the user was away) or `live`.
+    pub connections_by_state: Family<[(&'static str, &'static str); 1], Gauge>,
+}
+
+/// A connection's place in `connections_by_state`, moved from state to
+/// state and let go of when dropped.
+pub struct ConnectionState<'a> {
+    metrics: &'a Metrics,
+    state: &'static str,
+}
+
+impl<'a> ConnectionState<'a> {
+    /// Counts a connection in `state`.
+    pub fn new(metrics: &'a Metrics, state: &'static str) -> Self {
+        metrics.connections_by_state.get_or_create(&[("state", state)]).inc();
+        ConnectionState { metrics, state }
+    }
+
+    /// Moves the connection to `state`.
+    pub fn set(&mut self, state: &'static str) {
+        let gauges = &self.metrics.connections_by_state;
+        gauges.get_or_create(&[("state", self.state)]).dec();
+        gauges.get_or_create(&[("state", state)]).inc();
+        self.state = state;
+    }
+}
+
+impl Drop for ConnectionState<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .connections_by_state
+            .get_or_create(&[("state", self.state)])
+            .dec();
+    }
 }
 
 impl Default for Metrics {
@@ -55,6 +94,9 @@ impl Default for Metrics {
             gap_fills: Counter::default(),
             tcp_connections: Gauge::default(),
             refused: Family::default(),
+            send_ack_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            commit_queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            connections_by_state: Family::default(),
             registry: Registry::default(),
         };
         registry.register("messages_stored", "Messages newly stored", m.messages_stored.clone());
@@ -109,6 +151,21 @@ impl Default for Metrics {
             "refused",
             "Requests and connections refused by an abuse limit, by limit",
             m.refused.clone(),
+        );
+        registry.register(
+            "send_ack_seconds",
+            "From a send's frame read to its ack queued on its connection",
+            m.send_ack_seconds.clone(),
+        );
+        registry.register(
+            "commit_queue_depth",
+            "Writes waiting for the group commit when a batch starts",
+            m.commit_queue_depth.clone(),
+        );
+        registry.register(
+            "connections_by_state",
+            "WebSocket connections by state: replaying what waited for the user, or live",
+            m.connections_by_state.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -79,6 +79,14 @@ async fn health_readiness_and_metrics_answer() {
     let mut a = alice.connect().await;
     a.send_and_ack(bob.id, "counted", "k").await;
     let http = reqwest::Client::new();
+    // A wrong password, counted among the refusals.
+    let wrong = http
+        .post(format!("{}/api/v1/sessions", server.base))
+        .json(&serde_json::json!({"username": "alice", "password": "not the password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
     let health = http.get(format!("{}/healthz", server.base)).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let ready = http.get(format!("{}/readyz", server.base)).send().await.unwrap();
@@ -93,6 +101,56 @@ async fn health_readiness_and_metrics_answer() {
         .unwrap();
     assert!(metrics.contains("dyad_messages_stored_total 1"), "{metrics}");
     assert!(metrics.contains("dyad_connections 1"), "{metrics}");
+    assert!(metrics.contains("dyad_send_ack_seconds_count 1"), "{metrics}");
+    assert!(
+        metrics.contains("dyad_connections_by_state{state=\"live\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dyad_connections_by_state{state=\"replaying\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("dyad_commit_queue_depth_count "), "{metrics}");
+    // Every metric is explained for operators, and the dashboard asks only
+    // for metrics that exist.
+    let names: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP ")?.split(' ').next())
+        .collect();
+    assert!(names.len() > 15, "{names:?}");
+    let operations = include_str!("../../../../docs/OPERATIONS.md");
+    for name in &names {
+        assert!(
+            operations.contains(&format!("`{name}`")),
+            "{name} is not in docs/OPERATIONS.md"
+        );
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../docs/grafana-dashboard.json")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    for panel in panels {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{panel}");
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            let used: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("dyad_"))
+                .collect();
+            assert!(!used.is_empty(), "{expr}");
+            for metric in used {
+                let base = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|suffix| metric.strip_suffix(suffix))
+                    .unwrap_or(metric);
+                assert!(
+                    names.contains(&base),
+                    "the dashboard asks for {metric}, which /metrics lacks"
+                );
+            }
+        }
+    }
     let missing = http
         .get(format!("{}/api/v1/nothing", server.base))
         .send()

@@ -27,6 +27,7 @@ use crate::App;
 use crate::clock::now_ms;
 use crate::codec::{Frame, encode};
 use crate::hub::{CloseReason, Peer};
+use crate::metrics::ConnectionState;
 use crate::outbound::{Cursors, Outbound};
 
 /// Undelivered messages read from the store per replay page.
@@ -137,13 +138,14 @@ async fn write_loop(
     // Made once: a fresh cancellation future per frame costs a lock each time.
     let closing = peer.closing().cancelled();
     tokio::pin!(closing);
+    let mut state = ConnectionState::new(&app.metrics, "replaying");
     let opening = async {
         timed(within, sink.send(encode(&connected).into_message())).await?;
         // Boxed for the same reason as the frame handler: it runs once.
         Box::pin(replay(&mut sink, peer, app, &cursors)).await
     };
     match write_unless_closing(opening, peer, closing.as_mut()).await {
-        Written::Done => {}
+        Written::Done => state.set("live"),
         Written::Closing => return close(&mut sink, &mut rx, peer, within).await,
         Written::Dead => return false,
     }
