@@ -27,7 +27,7 @@ pub struct ServeArgs {
     /// setting, each key a flag's name with `_` for `-` (docs/OPERATIONS.md).
     /// Flags beat environment variables, which beat the file, which beats
     /// the defaults.
-    #[arg(long, env = "DYAD_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "DYAD_SERVER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print the settings in effect (as a config file, secrets masked) and
     /// exit.
