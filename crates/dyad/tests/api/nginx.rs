@@ -21,8 +21,19 @@ struct Nginx {
 }
 
 impl Nginx {
-    /// nginx in front of the dyad at `upstream` (`HOST:PORT`).
+    /// nginx in front of the dyad at `upstream` (`HOST:PORT`), with
+    /// `docs/nginx.conf`.
     async fn start(upstream: &str) -> Nginx {
+        Self::start_with(
+            "nginx.conf",
+            &[("server 127.0.0.1:8080;", format!("server {upstream};"))],
+        )
+        .await
+    }
+
+    /// nginx with `docs/{file}`, each `(from, to)` replaced, and its
+    /// `listen 80;` moved to a free port.
+    async fn start_with(file: &str, replace: &[(&str, String)]) -> Nginx {
         let binary = std::env::var("NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into());
         assert!(
             Path::new(&binary).exists(),
@@ -34,13 +45,13 @@ impl Nginx {
             .local_addr()
             .unwrap()
             .port();
-        let site = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/nginx.conf")).unwrap();
-        for needle in ["server 127.0.0.1:8080;", "listen 80;"] {
-            assert!(site.contains(needle), "docs/nginx.conf no longer has {needle:?}");
+        let path = format!("{}/../../docs/{file}", env!("CARGO_MANIFEST_DIR"));
+        let mut site = std::fs::read_to_string(path).unwrap();
+        let listen = ("listen 80;", format!("listen 127.0.0.1:{port};"));
+        for (from, to) in replace.iter().chain([&listen]) {
+            assert!(site.contains(from), "docs/{file} no longer has {from:?}");
+            site = site.replace(from, to);
         }
-        let site = site
-            .replace("server 127.0.0.1:8080;", &format!("server {upstream};"))
-            .replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
         let d = dir.path().display();
         std::fs::write(dir.path().join("site.conf"), site).unwrap();
         std::fs::write(
@@ -164,5 +175,172 @@ async fn through_nginx_a_websocket_receives_messages_and_delivery() {
             dyad_client::protocol::ServerEvent::MessageAck { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
+    }
+}
+
+/// The 99.9% story: three nodes behind nginx (`docs/nginx-cluster.conf`);
+/// the ones holding Alice's and Bob's WebSockets are killed with SIGKILL
+/// while Alice sends to Bob. The sessions reconnect
+/// through nginx to the nodes left, nothing acked is lost or doubled, and
+/// presence settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_behind_nginx_loses_nothing_and_its_users_come_back_through_the_others() {
+    use dyad_client::{ChatSession, SessionEvent, SessionOptions};
+    let database = dyad_store::testing::scratch_postgres_url().await.unwrap();
+    let prefix = format!("nginx-kill-{}-{}:", std::process::id(), dyad_server::clock::now_ms());
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let id = format!("node{i}");
+        let args = [
+            "--database",
+            &database,
+            "--redis",
+            "redis://127.0.0.1:6379/",
+            "--node-id",
+            &id,
+            "--redis-prefix",
+            &prefix,
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--presence-grace",
+            "1s",
+            "--presence-ttl",
+            "3s",
+        ];
+        nodes.push(ServerProcess::start(&args).await);
+    }
+    let replace: Vec<(&str, String)> = [
+        "server 127.0.0.1:8081 ",
+        "server 127.0.0.1:8082 ",
+        "server 127.0.0.1:8083 ",
+    ]
+    .into_iter()
+    .zip(&nodes)
+    .map(|(from, node)| (from, format!("server {} ", node.base.trim_start_matches("http://"))))
+    .collect();
+    let nginx = Nginx::start_with("nginx-cluster.conf", &replace).await;
+
+    let mut alice = from(&nginx.base, 2);
+    let mut bob = from(&nginx.base, 3);
+    alice.register("alice", PASSWORD).await.unwrap();
+    bob.register("bob", PASSWORD).await.unwrap();
+    alice.login("alice", PASSWORD).await.unwrap();
+    let bob_id = bob.login("bob", PASSWORD).await.unwrap().user_id;
+    let quick = SessionOptions {
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..SessionOptions::default()
+    };
+    let mut a = ChatSession::start(alice.clone(), quick.clone());
+    let mut b = ChatSession::start(bob.clone(), quick);
+    for session in [&mut a, &mut b] {
+        while !matches!(session.next().await, Some(SessionEvent::PendingComplete { .. })) {}
+    }
+    // Kill every node that holds one of their WebSockets (one or two of
+    // the three), so that both sessions are cut.
+    let mut holding = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let text = reqwest::get(format!("{}/metrics", node.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text
+            .lines()
+            .any(|l| l.starts_with("dyad_connections ") && !l.ends_with(" 0"))
+        {
+            holding.push(i);
+        }
+    }
+    assert!(!holding.is_empty() && holding.len() < 3, "{holding:?}");
+
+    const TOTAL: usize = 300;
+    let mut acked = std::collections::HashSet::new();
+    let mut received = std::collections::HashSet::new();
+    let mut killed_at: Option<Instant> = None;
+    // Per session (Alice, Bob): how long after the kill it was connected
+    // again, if the kill cut it.
+    let mut back_after: [Option<Duration>; 2] = [None, None];
+    let mut cut = [false, false];
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.len() < TOTAL || received.len() < TOTAL {
+        assert!(
+            Instant::now() < deadline,
+            "acked {} received {}",
+            acked.len(),
+            received.len()
+        );
+        if sent < TOTAL && sent < acked.len() + 20 {
+            a.send(bob_id, format!("through the cluster {sent}")).unwrap();
+            sent += 1;
+        }
+        if killed_at.is_none() && acked.len() >= TOTAL / 3 {
+            for &i in &holding {
+                nodes[i].kill().await;
+            }
+            killed_at = Some(Instant::now());
+        }
+        tokio::select! {
+            Some(event) = a.next() => match event {
+                SessionEvent::Sent { message_id, .. } => {
+                    acked.insert(message_id);
+                }
+                other => reconnection(0, &other, killed_at, &mut cut, &mut back_after),
+            },
+            Some(event) = b.next() => match event {
+                SessionEvent::Message(m) => assert!(received.insert(m.message_id), "received twice"),
+                other => reconnection(1, &other, killed_at, &mut cut, &mut back_after),
+            },
+            () = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+    }
+    assert_eq!(acked, received, "every acked message arrived, once");
+    let history = all_history(&alice, bob_id).await;
+    assert_eq!(history.len(), TOTAL, "stored once each");
+    let mut seqs: Vec<i64> = history.iter().map(|(_, seq, _)| *seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=TOTAL as i64).collect::<Vec<_>>());
+    assert_eq!(cut, [true, true], "both sessions were cut");
+    let without_service: Vec<Duration> = back_after.iter().flatten().copied().collect();
+    assert_eq!(without_service.len(), 2, "both came back");
+    eprintln!("nodes {holding:?} killed: Alice and Bob connected again after {without_service:?}");
+    assert!(
+        without_service.iter().all(|d| *d < Duration::from_secs(10)),
+        "{without_service:?}"
+    );
+
+    // Presence settles: Bob is online while connected, and offline once he
+    // leaves, though a node that held him died (its entries expire).
+    let status = |client: Client| async move { client.status(bob_id).await.unwrap().status };
+    assert_eq!(
+        status(alice.clone()).await,
+        dyad_client::protocol::events::PresenceStatus::Online
+    );
+    drop(b);
+    let settle = Instant::now() + Duration::from_secs(20);
+    while status(alice.clone()).await != dyad_client::protocol::events::PresenceStatus::Offline {
+        assert!(Instant::now() < settle, "Bob still online 20 s after leaving");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Notes when session `i` was cut by the kill and when it was connected
+/// again.
+fn reconnection(
+    i: usize,
+    event: &dyad_client::SessionEvent,
+    killed_at: Option<Instant>,
+    cut: &mut [bool; 2],
+    back_after: &mut [Option<Duration>; 2],
+) {
+    let Some(at) = killed_at else { return };
+    match event {
+        dyad_client::SessionEvent::Disconnected { .. } => cut[i] = true,
+        dyad_client::SessionEvent::Connected { .. } if cut[i] && back_after[i].is_none() => {
+            back_after[i] = Some(at.elapsed());
+        }
+        _ => {}
     }
 }
