@@ -77,6 +77,11 @@ impl Chromedriver {
 
     /// A new browser started with `extra` command-line switches too.
     async fn browser_with(&self, extra: &[&str]) -> Browser {
+        self.browser_with_prefs(extra, json!({})).await
+    }
+
+    /// A new browser with `extra` switches and these profile preferences.
+    async fn browser_with_prefs(&self, extra: &[&str], prefs: Value) -> Browser {
         // The machine's network is closed: no background calls home.
         let args: Vec<&str> = [
             "--headless=new",
@@ -99,6 +104,7 @@ impl Chromedriver {
             json!({
                 "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
                 "args": args,
+                "prefs": prefs,
             }),
         );
         ClientBuilder::new(HttpConnector::new())
@@ -843,5 +849,89 @@ async fn read_receipts_unread_counts_edits_deletes_and_search_in_the_browser() {
     for page in [alice_page, bob1, bob2] {
         page.close().await.unwrap();
     }
+    server.stop().await;
+}
+
+/// Desktop notifications: permission is asked for only when the user
+/// clicks, and a message that arrives while the tab is in the background
+/// shows one; in the foreground it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_are_asked_for_on_a_click_and_shown_while_the_tab_is_hidden() {
+    let _heavy = crate::helpers::heavy().await;
+    let server = TestServer::spawn().await;
+    let driver = Chromedriver::start().await;
+    // The profile says yes to notifications, as a user would to the prompt
+    // headless Chromium cannot show.
+    let allowed = json!({"profile.default_content_setting_values.notifications": 1});
+    let browser = driver.browser_with_prefs(&[], allowed).await;
+    open_sign_in(&browser, &server.base).await;
+    // Count the page's requests and notifications; the real API does the rest.
+    let spy = r#"
+        window.__asked = 0; window.__shown = [];
+        const ask = Notification.requestPermission.bind(Notification);
+        Notification.requestPermission = (...args) => { window.__asked += 1; return ask(...args); };
+        const Real = window.Notification;
+        window.Notification = class extends Real {
+            constructor(title, options) { super(title, options); window.__shown.push([title, options.body]); }
+        };
+        return true;"#;
+    assert_eq!(browser.execute(spy, vec![]).await.unwrap(), json!(true));
+    sign_in(&browser, "alice", "#register-btn").await;
+    let (bob, alice) = (server.user("bob").await, server.login("alice").await);
+    // Bob's socket here expects acks and deliveries only: no read receipts.
+    let patch = dyad_client::protocol::rest::SettingsPatch {
+        read_receipts: Some(false),
+        presence: None,
+    };
+    bob.client.update_settings(&patch).await.unwrap();
+    let mut bob_socket = bob.connect().await;
+    bob_socket.send_and_ack(alice.id, "hello in the foreground", "k1").await;
+    bob_socket.expect_delivered().await;
+    open_chat(&browser, "bob").await;
+    wait_for_message(&browser, "hello in the foreground", false, &["delivered", "read"]).await;
+    let asked = "return window.__asked";
+    assert_eq!(
+        browser.execute(asked, vec![]).await.unwrap(),
+        json!(0),
+        "not asked unprompted"
+    );
+
+    click(&browser, "#settings-btn").await;
+    click(&browser, "#notify-btn").await;
+    wait_for(
+        &browser,
+        "the permission request",
+        "return window.__asked === 1",
+        vec![],
+    )
+    .await;
+    wait_for(
+        &browser,
+        "the settings note",
+        "return document.getElementById('settings-note').textContent.startsWith('Notifications on')",
+        vec![],
+    )
+    .await;
+
+    // Another tab in front: Alice's chat is in the background.
+    let chat = browser.window().await.unwrap();
+    let other = browser.new_window(true).await.unwrap();
+    browser.switch_to_window(other.handle).await.unwrap();
+    bob_socket.send_and_ack(alice.id, "ping while you are away", "k2").await;
+    // Delivered: the page has it (and notified in the same task).
+    bob_socket.expect_delivered().await;
+    browser.switch_to_window(chat).await.unwrap();
+    let shown = "return window.__shown";
+    assert_eq!(
+        browser.execute(shown, vec![]).await.unwrap(),
+        json!([["bob", "ping while you are away"]])
+    );
+    // In front again: no notification.
+    bob_socket.send_and_ack(alice.id, "and now you are here", "k3").await;
+    bob_socket.expect_delivered().await;
+    assert_eq!(
+        browser.execute(shown, vec![]).await.unwrap().as_array().map(Vec::len),
+        Some(1)
+    );
     server.stop().await;
 }

@@ -241,10 +241,18 @@ async fn a_deleted_message_and_its_earlier_versions_are_gone_from_every_file_aft
 }
 
 #[tokio::test]
-async fn an_edit_and_a_delete_confirmed_just_before_kill_9_survive_it() {
+async fn an_edit_and_a_delete_confirmed_just_before_kill_9_survive_it_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let database = format!("sqlite://{}", dir.path().join("dyad.db").display());
-    let mut process = ServerProcess::start(&["--database", &database]).await;
+    edit_and_delete_then_kill_9(&format!("sqlite://{}", dir.path().join("dyad.db").display())).await;
+}
+
+#[tokio::test]
+async fn an_edit_and_a_delete_confirmed_just_before_kill_9_survive_it_on_postgres() {
+    edit_and_delete_then_kill_9(&dyad_store::testing::scratch_postgres_url().await.unwrap()).await;
+}
+
+async fn edit_and_delete_then_kill_9(database: &str) {
+    let mut process = ServerProcess::start(&["--database", database]).await;
     let mut alice = dyad_client::Client::new(&process.base);
     alice.register("alice", PASSWORD).await.unwrap();
     alice.login("alice", PASSWORD).await.unwrap();
@@ -259,7 +267,7 @@ async fn an_edit_and_a_delete_confirmed_just_before_kill_9_survive_it() {
     assert_eq!(a.expect_edited().await, (kept, "final".to_owned()));
     process.kill().await;
 
-    let process = ServerProcess::start(&["--database", &database]).await;
+    let process = ServerProcess::start(&["--database", database]).await;
     let mut alice = dyad_client::Client::new(&process.base);
     alice.login("alice", PASSWORD).await.unwrap();
     let history = alice.history(bob, &[]).await.unwrap().messages;
