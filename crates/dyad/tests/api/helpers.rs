@@ -423,10 +423,15 @@ pub async fn alice_and_bob_connected(mut alice: Client, mut bob: Client) -> (Cli
 /// Every message between `client`'s user and `peer`, newest first, paged
 /// through REST: `(id, seq, text)`.
 pub async fn all_history(client: &Client, peer: UserId) -> Vec<(MessageId, i64, String)> {
+    history_in_pages(client, peer, 100).await
+}
+
+/// The same, walked back `limit` messages a page with `before`.
+pub async fn history_in_pages(client: &Client, peer: UserId, limit: usize) -> Vec<(MessageId, i64, String)> {
     let mut out = Vec::new();
     let mut before: Option<i64> = None;
     loop {
-        let mut q = vec![("limit", "100".to_owned())];
+        let mut q = vec![("limit", limit.to_string())];
         if let Some(b) = before {
             q.push(("before", b.to_string()));
         }

@@ -18,20 +18,11 @@ async fn history_pages_backwards_with_before_and_forwards_with_after() {
     assert_eq!(default[0].message, "m25", "newest first");
 
     // Walk back in pages of 10.
-    let mut seen = Vec::new();
-    let mut before: Option<i64> = None;
-    loop {
-        let mut query = vec![("limit", "10".to_owned())];
-        if let Some(b) = before {
-            query.push(("before", b.to_string()));
-        }
-        let page = alice.client.history(bob.id, &query).await.unwrap();
-        seen.extend(page.messages.iter().map(|m| m.seq));
-        before = page.messages.last().map(|m| m.timestamp);
-        if !page.has_more {
-            break;
-        }
-    }
+    let seen: Vec<i64> = history_in_pages(&alice.client, bob.id, 10)
+        .await
+        .into_iter()
+        .map(|(_, seq, _)| seq)
+        .collect();
     assert_eq!(seen, (1..=25).rev().collect::<Vec<i64>>());
 
     // Bob reads the same conversation; `after` gives oldest first.
