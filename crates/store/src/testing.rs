@@ -87,3 +87,15 @@ pub fn body(text: impl Into<String>) -> MessageBody {
 pub fn key(key: impl Into<String>) -> ClientMsgId {
     ClientMsgId::parse(key.into()).unwrap_or_else(|code| panic!("not a client_msg_id: {code}"))
 }
+
+/// The ids of a batch's stored messages, in order; panics at any other
+/// outcome.
+pub fn stored_ids(outcomes: &[crate::WriteOutcome]) -> Vec<dyad_protocol::MessageId> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            crate::WriteOutcome::Stored { message, .. } => message.id,
+            other => panic!("not stored: {other:?}"),
+        })
+        .collect()
+}

@@ -94,13 +94,7 @@ async fn a_sqlite_store_moves_to_postgres_with_every_row_and_id() {
         )
         .await
         .unwrap();
-    let ids: Vec<_> = out
-        .iter()
-        .map(|o| match o {
-            WriteOutcome::Stored { message, .. } => message.id,
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let ids = dyad_store::testing::stored_ids(&out);
     source
         .write_batch(
             vec![

@@ -90,3 +90,149 @@ async fn a_running_store_sees_what_another_process_wrote() {
     let out = server.write_batch(send(), 5).await.unwrap();
     assert!(matches!(out[0], WriteOutcome::UnknownRecipient), "{out:?}");
 }
+
+/// Search text and idempotency keys are indexed by the writer after the
+/// send's transaction: they get there without any search asking, and a
+/// message edited or deleted before then is indexed as it is by then (its
+/// old text never).
+#[tokio::test]
+async fn new_text_reaches_the_search_index_without_a_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fts.db");
+    let store = dyad_store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    let a = store.create_user("alice", "h", 0).await.unwrap().id;
+    let b = store.create_user("bob", "h", 0).await.unwrap().id;
+    let send = |text: &str| {
+        WriteOp::Send(NewMessage {
+            sender_id: a,
+            recipient_id: b,
+            body: dyad_store::testing::body(text.to_owned()),
+            client_msg_id: None,
+        })
+    };
+    let out = store
+        .write_batch(
+            vec![send("alpha kept"), send("bravo edited"), send("charlie deleted")],
+            10,
+        )
+        .await
+        .unwrap();
+    let ids = dyad_store::testing::stored_ids(&out);
+    let changed = store
+        .write_batch(
+            vec![
+                WriteOp::Edit {
+                    editor: a,
+                    message_id: ids[1],
+                    body: dyad_store::testing::body("delta".to_owned()),
+                    window: i64::MAX,
+                },
+                WriteOp::Delete {
+                    deleter: a,
+                    message_id: ids[2],
+                },
+            ],
+            20,
+        )
+        .await
+        .unwrap();
+    assert!(
+        changed.iter().all(|o| matches!(o, WriteOutcome::Changed(_))),
+        "{changed:?}"
+    );
+
+    // Read the index straight from the file, beside the running store.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let indexed_upto = || -> i64 {
+        conn.query_row("SELECT value FROM meta WHERE name = 'indexed_upto'", [], |r| r.get(0))
+            .unwrap()
+    };
+    let last: i64 = conn
+        .query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    // The writer indexes about once a second; 30 s is only a bound for a
+    // stalled machine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while indexed_upto() < last {
+        assert!(std::time::Instant::now() < deadline, "not indexed after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let hits = |word: &str| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH ?1",
+            [word],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        [hits("alpha"), hits("bravo"), hits("delta"), hits("charlie")],
+        [1, 0, 1, 0]
+    );
+    drop(store);
+}
+
+/// A retry is answered with the original whether its key is still among
+/// the writer's recent keys, already in the key index, or only in the
+/// message row (as after a crash between the send's commit and indexing).
+#[tokio::test]
+async fn a_retry_finds_its_original_before_and_after_the_keys_are_indexed_and_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = dyad_store::open(&url).await.unwrap();
+    let a = store.create_user("alice", "h", 0).await.unwrap().id;
+    let b = store.create_user("bob", "h", 0).await.unwrap().id;
+    let send = |key: &str, text: &str| {
+        WriteOp::Send(NewMessage {
+            sender_id: a,
+            recipient_id: b,
+            body: dyad_store::testing::body(text.to_owned()),
+            client_msg_id: Some(dyad_store::testing::key(key.to_owned())),
+        })
+    };
+    let id_of = |o: &WriteOutcome| match o {
+        WriteOutcome::Stored { message, duplicate } => (message.id, message.seq, *duplicate),
+        other => panic!("{other:?}"),
+    };
+    // Stored, then retried in the same batch and the next: recent keys.
+    let out = store
+        .write_batch(vec![send("k1", "one"), send("k1", "one")], 10)
+        .await
+        .unwrap();
+    let first = id_of(&out[0]);
+    assert_eq!(id_of(&out[1]), (first.0, 1, true));
+    let out = store.write_batch(vec![send("k1", "one")], 11).await.unwrap();
+    assert_eq!(id_of(&out[0]), (first.0, 1, true));
+
+    // Indexed (a search catches the indexes up): found in message_keys.
+    let text = dyad_protocol::domain::SearchText::parse("one").unwrap();
+    assert_eq!(store.search(a, &text, None, 10).await.unwrap().messages.len(), 1);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let keys: i64 = conn
+        .query_row("SELECT COUNT(*) FROM message_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keys, 1);
+    let out = store.write_batch(vec![send("k1", "one")], 12).await.unwrap();
+    assert_eq!(id_of(&out[0]), (first.0, 1, true));
+
+    // A second message, then its keys and index progress taken back as if
+    // the process had died right after its commit.
+    let out = store.write_batch(vec![send("k2", "two")], 13).await.unwrap();
+    let second = id_of(&out[0]);
+    drop(store);
+    conn.execute_batch(
+        "DELETE FROM message_keys;
+         UPDATE meta SET value = 0 WHERE name = 'indexed_upto';
+         INSERT INTO messages_fts (messages_fts) VALUES ('delete-all');",
+    )
+    .unwrap();
+    let store = dyad_store::open(&url).await.unwrap();
+    let out = store
+        .write_batch(vec![send("k2", "two"), send("k1", "one"), send("k3", "three")], 14)
+        .await
+        .unwrap();
+    assert_eq!(id_of(&out[0]), (second.0, 2, true));
+    assert_eq!(id_of(&out[1]), (first.0, 1, true));
+    assert_eq!(id_of(&out[2]).1, 3);
+}

@@ -196,9 +196,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     // Server and own CPU over the measured window only.
     tokio::time::sleep_until(schedule.t0 + schedule.warmup).await;
     let server_cpu_start = servers.pid.and_then(procstat::cpu_seconds);
+    let server_disk_start = servers.pid.and_then(procstat::disk_write_bytes);
     let own_cpu_start = procstat::cpu_seconds(procstat::own_pid());
     tokio::time::sleep_until(schedule.t0 + schedule.end).await;
     let server_cpu_end = servers.pid.and_then(procstat::cpu_seconds);
+    let server_disk_end = servers.pid.and_then(procstat::disk_write_bytes);
     let own_cpu_end = procstat::cpu_seconds(procstat::own_pid());
 
     let mut outcomes = Vec::with_capacity(tasks.len());
@@ -210,13 +212,20 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
 
     let (late, lost) = recount(&outcomes, users, &servers.urls, args.connect_concurrency).await?;
     let c = &shared.counters;
+    let measured = c.measured_acked.load(Ordering::Relaxed).max(1) as f64;
     let server = match (servers.pid, server_cpu_start, server_cpu_end) {
-        (Some(pid), Some(a), Some(b)) => Some(ServerUsage {
-            pid,
-            cpu_seconds: b - a,
-            cpu_percent_of_one_core: 100.0 * (b - a) / args.duration.as_secs_f64(),
-            peak_rss_mib: procstat::status_bytes(pid, "VmHWM:").unwrap_or(0) as f64 / (1024.0 * 1024.0),
-        }),
+        (Some(pid), Some(a), Some(b)) => {
+            let disk = server_disk_start.zip(server_disk_end).map(|(a, b)| b.saturating_sub(a));
+            Some(ServerUsage {
+                pid,
+                cpu_seconds: b - a,
+                cpu_percent_of_one_core: 100.0 * (b - a) / args.duration.as_secs_f64(),
+                cpu_us_per_message: 1e6 * (b - a) / measured,
+                disk_write_bytes: disk,
+                disk_bytes_per_message: disk.map(|d| d as f64 / measured),
+                peak_rss_mib: procstat::status_bytes(pid, "VmHWM:").unwrap_or(0) as f64 / (1024.0 * 1024.0),
+            })
+        }
         _ => None,
     };
     let report = LoadReport {

@@ -22,6 +22,15 @@ pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Bytes the process has caused to be written to storage so far
+/// (`write_bytes` of /proc/PID/io: the WAL, the database and checkpoints,
+/// whichever thread wrote them).
+pub fn disk_write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let line = io.lines().find(|l| l.starts_with("write_bytes:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// This process's id.
 pub fn own_pid() -> u32 {
     std::process::id()

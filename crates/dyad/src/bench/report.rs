@@ -55,6 +55,12 @@ pub struct ServerUsage {
     pub pid: u32,
     pub cpu_seconds: f64,
     pub cpu_percent_of_one_core: f64,
+    /// Server CPU per message acked in the window.
+    pub cpu_us_per_message: f64,
+    /// Bytes the server wrote to storage in the window (/proc/PID/io), and
+    /// per message acked; absent where /proc does not say.
+    pub disk_write_bytes: Option<u64>,
+    pub disk_bytes_per_message: Option<f64>,
     pub peak_rss_mib: f64,
 }
 
@@ -117,9 +123,15 @@ impl LoadReport {
         }
         if let Some(s) = &self.server {
             println!(
-                "server pid {}: {:.1} CPU s ({:.0}% of one core), peak RSS {:.1} MiB",
-                s.pid, s.cpu_seconds, s.cpu_percent_of_one_core, s.peak_rss_mib
+                "server pid {}: {:.1} CPU s ({:.0}% of one core, {:.1} µs per message), peak RSS {:.1} MiB",
+                s.pid, s.cpu_seconds, s.cpu_percent_of_one_core, s.cpu_us_per_message, s.peak_rss_mib
             );
+            if let (Some(bytes), Some(per)) = (s.disk_write_bytes, s.disk_bytes_per_message) {
+                println!(
+                    "server wrote {:.1} MiB to disk ({per:.0} bytes per message)",
+                    bytes as f64 / 1048576.0
+                );
+            }
         }
         if let Some(cpu) = self.bench_cpu_seconds {
             println!("load generator: {cpu:.1} CPU s");

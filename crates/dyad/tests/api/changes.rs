@@ -290,7 +290,8 @@ async fn search(server: TestServer) {
     c.send_and_ack(bob.id, "grüße von carol", "k2").await;
     let m3 = a.send_and_ack(bob.id, "a secret", "k3").await.message_id;
     let q = |text: &str| vec![("q", text.to_owned())];
-    // dyad indexes text in the send's own transaction: searchable once acked.
+    // A search first indexes what still waits (SQLite) or finds it
+    // indexed by the send's own transaction (PostgreSQL): searchable once acked.
     let found = alice.client.search(&q("grüße")).await.unwrap().messages;
     assert_eq!(
         found.iter().map(|m| m.message_id).collect::<Vec<_>>(),

@@ -16,7 +16,8 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use async_trait::async_trait;
 use dyad_protocol::domain::SearchText;
@@ -32,7 +33,7 @@ use crate::{
     WriteOp, WriteOutcome,
 };
 use rows::user_columns;
-use writer::{Job, Writer};
+use writer::{Job, LateIndexes, Writer};
 
 /// How many read connections the pool holds.
 const READERS: usize = 4;
@@ -56,6 +57,8 @@ pub struct SqliteStore {
     reader_slots: Semaphore,
     path: PathBuf,
     ids: IdCipher,
+    /// Set while stored messages may wait to be indexed for search.
+    index_behind: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -168,7 +171,9 @@ impl SqliteStore {
             r.pragma_update(None, "mmap_size", READER_MMAP_BYTES).map_err(backend)?;
             readers.push(r);
         }
-        let (jobs, writer) = Writer::spawn(conn, ids).map_err(backend)?;
+        let index_behind = Arc::new(AtomicBool::new(true));
+        let late = LateIndexes::load(&conn, index_behind.clone()).map_err(backend)?;
+        let (jobs, writer) = Writer::spawn(conn, ids, late).map_err(backend)?;
         let checkpointer = spawn_checkpointer(path)?;
         Ok(SqliteStore {
             checkpointer: Some(checkpointer),
@@ -178,6 +183,7 @@ impl SqliteStore {
             reader_slots: Semaphore::new(READERS),
             path: path.to_owned(),
             ids,
+            index_behind,
         })
     }
 
@@ -636,6 +642,15 @@ impl MessageStore for SqliteStore {
     }
 
     async fn search(&self, user: UserId, text: &SearchText, before: Option<i64>, limit: usize) -> StoreResult<Page> {
+        // Text sent since the writer last indexed is indexed now: what a
+        // user just sent is found at once, not after up to a second.
+        if self.index_behind.load(Ordering::Relaxed) {
+            self.write(|w| {
+                w.catch_up();
+                Ok(())
+            })
+            .await?;
+        }
         let (ids, text) = (self.ids, text.clone());
         self.read(move |c| reads::search(c, ids, user, &text, before, limit))
             .await

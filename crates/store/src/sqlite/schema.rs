@@ -125,6 +125,23 @@ INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1);
 INSERT INTO messages_fts (rowid, body, owners)
     SELECT id, body, 'u' || sender_id || ' u' || recipient_id FROM messages WHERE deleted_at IS NULL;
 "#,
+    r#"
+-- Two indexes are built after the send's transaction, by the writer about
+-- once a second (writer.rs, `LateIndexes`), for every message row up to
+-- `indexed_upto` and none above it: the search index, and the idempotency
+-- keys (until then, the writer holds the newer keys in memory). Both took
+-- a random page per message in every batch's commit (docs/BENCHMARKS.md §15).
+CREATE TABLE message_keys (
+    sender_id   INTEGER NOT NULL,
+    client_key  INTEGER NOT NULL,
+    message_row INTEGER NOT NULL,
+    PRIMARY KEY (sender_id, client_key, message_row)
+) WITHOUT ROWID;
+INSERT INTO message_keys (sender_id, client_key, message_row)
+    SELECT sender_id, client_key, id FROM messages WHERE client_key IS NOT NULL;
+DROP INDEX messages_by_client_key;
+INSERT INTO meta (name, value) SELECT 'indexed_upto', COALESCE(MAX(id), 0) FROM messages;
+"#,
 ];
 
 /// Fills `client_key` for rows written before it existed (step 2).

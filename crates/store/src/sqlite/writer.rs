@@ -3,7 +3,10 @@
 //! transaction, so one fsync covers every message in it.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -32,6 +35,140 @@ struct ConversationHead {
     blocked: bool,
 }
 
+/// How long a new message may wait for the late indexes. The contract
+/// allows 2 s before new text is searchable; a search catches the index up
+/// first anyway (`SqliteStore::search`).
+const INDEX_WITHIN: Duration = Duration::from_secs(1);
+/// Messages indexed per transaction: enough to share each index page among
+/// many messages, few enough that a batch waiting behind it waits ~10 ms.
+const INDEX_CHUNK: i64 = 1_000;
+/// A writer with no job for this long is idle. (The group commit hands it
+/// one batch at a time, so between two its queue is always empty for a
+/// moment.)
+const IDLE: Duration = Duration::from_millis(2);
+
+/// The indexes built after the send's transaction: the search index
+/// (`messages_fts`) and the idempotency keys (`message_keys`). Written in
+/// each batch, each cost a random page per message in every commit (and
+/// FTS5 a new segment and its merges). The writer adds new messages to them
+/// in chunks of [`INDEX_CHUNK`], when it has nothing else to do or when a
+/// message has waited [`INDEX_WITHIN`] (docs/BENCHMARKS.md §15).
+pub(super) struct LateIndexes {
+    /// Every message row up to this one is in both, none after it
+    /// (`meta.indexed_upto`).
+    upto: i64,
+    /// Messages stored after `upto`, and since when the oldest waits.
+    pending: i64,
+    since: Option<Instant>,
+    /// Set while messages wait to be indexed; shared with searches.
+    behind: Arc<AtomicBool>,
+    /// The idempotency keys of the messages after `upto`: (sender row,
+    /// key) → message row. As many as `pending` at most.
+    recent_keys: HashMap<(i64, Box<str>), i64>,
+}
+
+impl LateIndexes {
+    /// Reads the progress stored in `conn`'s database, and the keys of the
+    /// messages stored after it.
+    pub(super) fn load(conn: &Connection, behind: Arc<AtomicBool>) -> rusqlite::Result<Self> {
+        let mut late = LateIndexes {
+            upto: 0,
+            pending: 0,
+            since: None,
+            behind,
+            recent_keys: HashMap::new(),
+        };
+        late.reload(conn)?;
+        Ok(late)
+    }
+
+    /// Reads `upto` and what is above it again: after a failed
+    /// transaction, or another process's commit.
+    fn reload(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        self.upto = conn.query_row("SELECT value FROM meta WHERE name = 'indexed_upto'", [], |r| r.get(0))?;
+        self.recent_keys = conn
+            .prepare_cached(
+                "SELECT sender_id, client_msg_id, id FROM messages WHERE id > ?1 AND client_msg_id IS NOT NULL",
+            )?
+            .query_map([self.upto], |r| {
+                Ok(((r.get(0)?, r.get::<_, String>(1)?.into_boxed_str()), r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let pending = conn.query_row("SELECT COUNT(*) FROM messages WHERE id > ?1", [self.upto], |r| r.get(0))?;
+        self.pending = 0;
+        self.stored(pending);
+        Ok(())
+    }
+
+    /// `count` more messages were stored.
+    fn stored(&mut self, count: i64) {
+        if count > 0 {
+            self.pending += count;
+            self.since.get_or_insert_with(Instant::now);
+            self.behind.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a chunk [`index_rows`] wrote, once its transaction committed.
+    fn committed(&mut self, done: Indexed) {
+        if let Some(last) = done.last {
+            self.upto = last;
+            self.recent_keys.retain(|_, row| *row > last);
+        }
+        self.pending = match done.last.is_none() || done.count < done.limit {
+            true => 0,
+            false => (self.pending - done.count).max(0),
+        };
+        if self.pending == 0 {
+            self.since = None;
+            self.behind.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// How long until the oldest waiting message is due.
+    fn due_in(&self) -> Duration {
+        self.since.map_or(Duration::from_secs(3600), |since| {
+            INDEX_WITHIN.saturating_sub(since.elapsed())
+        })
+    }
+}
+
+/// A chunk of messages indexed in a transaction.
+struct Indexed {
+    /// The last message row indexed, if there was any to index.
+    last: Option<i64>,
+    count: i64,
+    limit: i64,
+}
+
+/// Adds up to `limit` messages after row `upto` to the late indexes and
+/// moves their mark, in `tx`.
+fn index_rows(tx: &rusqlite::Transaction<'_>, upto: i64, limit: i64) -> rusqlite::Result<Indexed> {
+    let (last, count): (Option<i64>, i64) = tx
+        .prepare_cached("SELECT MAX(id), COUNT(*) FROM (SELECT id FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2)")?
+        .query_row(params![upto, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let done = Indexed { last, count, limit };
+    let Some(last) = last else {
+        return Ok(done);
+    };
+    tx.prepare_cached(
+        "INSERT INTO messages_fts (rowid, body, owners)
+         SELECT id, body, 'u' || sender_id || ' u' || recipient_id FROM messages
+         WHERE id > ?1 AND id <= ?2 AND deleted_at IS NULL",
+    )?
+    .execute(params![upto, last])?;
+    tx.prepare_cached(
+        "INSERT INTO message_keys (sender_id, client_key, message_row)
+         SELECT sender_id, client_key, id FROM messages
+         WHERE id > ?1 AND id <= ?2 AND client_key IS NOT NULL
+         ORDER BY sender_id, client_key",
+    )?
+    .execute(params![upto, last])?;
+    tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'indexed_upto'")?
+        .execute([last])?;
+    Ok(done)
+}
+
 /// State owned by the writer thread.
 pub(super) struct Writer {
     pub(super) conn: Connection,
@@ -41,13 +178,16 @@ pub(super) struct Writer {
     /// `PRAGMA data_version` when `heads` was last known true: it changes
     /// when another process (`dyad admin …`) commits to the file.
     data_version: i64,
+    late: LateIndexes,
 }
 
 impl Writer {
-    /// Starts the writer thread; it ends when every sender of jobs is dropped.
+    /// Starts the writer thread; it ends when every sender of jobs is
+    /// dropped, after indexing what is left.
     pub(super) fn spawn(
         conn: Connection,
         ids: IdCipher,
+        late: LateIndexes,
     ) -> std::io::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
@@ -58,19 +198,84 @@ impl Writer {
                     ids,
                     heads: HashMap::new(),
                     data_version: 0,
+                    late,
                 };
-                while let Ok(job) = rx.recv() {
-                    job(&mut writer);
+                let mut next = None;
+                loop {
+                    let job = match next.take() {
+                        Some(job) => Some(job),
+                        None => match rx.recv_timeout(writer.late.due_in()) {
+                            Ok(job) => Some(job),
+                            Err(mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        },
+                    };
+                    if let Some(job) = job {
+                        job(&mut writer);
+                    }
+                    // A chunk in a transaction of its own when one is due
+                    // or a chunk's worth waits, and no job comes for a
+                    // moment; a batch that comes first takes a due chunk
+                    // into its own transaction.
+                    let due = writer.late.due_in().is_zero();
+                    if writer.late.pending == 0 || (!due && writer.late.pending < INDEX_CHUNK) {
+                        continue;
+                    }
+                    match rx.recv_timeout(IDLE) {
+                        Ok(job) => next = Some(job),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            writer.index_chunk(INDEX_CHUNK);
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
+                writer.catch_up();
             })?;
         Ok((tx, thread))
+    }
+
+    /// Brings the late indexes up to date with every message stored, or
+    /// stops at the first failure (logged; the writer tries again later).
+    pub(super) fn catch_up(&mut self) {
+        while self.late.pending > 0 {
+            if !self.index_chunk(INDEX_CHUNK) {
+                return;
+            }
+        }
+    }
+
+    /// Indexes the next `limit` messages, or logs why it could not.
+    fn index_chunk(&mut self, limit: i64) -> bool {
+        match self.try_index_chunk(limit) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "indexing new messages failed");
+                if let Err(e) = self.late.reload(&self.conn) {
+                    tracing::warn!(error = %e, "reading the index progress failed");
+                }
+                false
+            }
+        }
+    }
+
+    /// Indexes up to `limit` messages after `upto`, in one transaction.
+    fn try_index_chunk(&mut self, limit: i64) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let done = index_rows(&tx, self.late.upto, limit)?;
+        tx.commit()?;
+        self.late.committed(done);
+        Ok(())
     }
 
     /// Runs a batch as one transaction; see [`crate::MessageStore::write_batch`].
     pub(super) fn write_batch(&mut self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>> {
         let result = self.try_write_batch(ops, now);
         if result.is_err() {
+            // What the rolled-back batch cached is not so.
             self.heads.clear();
+            if let Err(e) = self.late.reload(&self.conn) {
+                tracing::warn!(error = %e, "reading the index progress failed");
+            }
         }
         result.map_err(|e| StoreError::Backend(Box::new(e)))
     }
@@ -81,6 +286,7 @@ impl Writer {
             ids,
             heads,
             data_version,
+            late,
         } = self;
         let ids = *ids;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -91,12 +297,13 @@ impl Writer {
         if version != *data_version {
             heads.clear();
             *data_version = version;
+            late.reload(&tx)?;
         }
         let mut touched: HashSet<(i64, i64)> = HashSet::new();
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             let outcome = match op {
-                WriteOp::Send(msg) => send(&tx, ids, heads, &mut touched, msg, now)?,
+                WriteOp::Send(msg) => send(&tx, ids, heads, late, &mut touched, msg, now)?,
                 WriteOp::Deliver {
                     recipient_id,
                     message_ids,
@@ -107,8 +314,18 @@ impl Writer {
                     message_id,
                     body,
                     window,
-                } => change(&tx, ids, editor, message_id, Change::Edit { body, window }, now)?,
-                WriteOp::Delete { deleter, message_id } => change(&tx, ids, deleter, message_id, Change::Delete, now)?,
+                } => change(
+                    &tx,
+                    ids,
+                    late.upto,
+                    editor,
+                    message_id,
+                    Change::Edit { body, window },
+                    now,
+                )?,
+                WriteOp::Delete { deleter, message_id } => {
+                    change(&tx, ids, late.upto, deleter, message_id, Change::Delete, now)?
+                }
             };
             outcomes.push(outcome);
         }
@@ -122,7 +339,22 @@ impl Writer {
                 }
             }
         }
+        // A message is due: index a chunk in this batch's transaction,
+        // rather than in one of its own with its own fsync.
+        let indexed = match late.pending > 0 && late.due_in().is_zero() {
+            true => Some(index_rows(&tx, late.upto, INDEX_CHUNK)?),
+            false => None,
+        };
         tx.commit()?;
+        late.stored(
+            outcomes
+                .iter()
+                .filter(|o| matches!(o, WriteOutcome::Stored { duplicate: false, .. }))
+                .count() as i64,
+        );
+        if let Some(done) = indexed {
+            late.committed(done);
+        }
         Ok(outcomes)
     }
 
@@ -175,6 +407,7 @@ fn send(
     tx: &rusqlite::Transaction<'_>,
     ids: IdCipher,
     heads: &mut HashMap<(i64, i64), ConversationHead>,
+    late: &mut LateIndexes,
     touched: &mut HashSet<(i64, i64)>,
     msg: NewMessage,
     now: i64,
@@ -194,16 +427,24 @@ fn send(
     let key = msg.client_msg_id.as_ref().map(ClientMsgId::as_str);
     let hashed_key = key.map(client_key);
     if let (Some(key), Some(hash)) = (key, hashed_key) {
-        // A retry: answer with the message stored under this key the first time.
-        // (One writer, one transaction: nothing can slip in between.)
-        let original = tx
-            .prepare_cached(concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM messages WHERE sender_id = ?1 AND client_key = ?2 AND client_msg_id = ?3"
-            ))?
-            .query_row(params![sender, hash, key], |r| rows::message(r, ids))
-            .optional()?;
+        // A retry: answer with the message stored under this key the first
+        // time, found among the recent keys or in the key index. (One
+        // writer, one transaction: nothing can slip in between.)
+        let original = match late.recent_keys.get(&(sender, Box::from(key))) {
+            Some(&row) => tx
+                .prepare_cached(concat!("SELECT ", message_columns!(), " FROM messages WHERE id = ?1"))?
+                .query_row([row], |r| rows::message(r, ids))
+                .optional()?,
+            None => tx
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE id IN (SELECT message_row FROM message_keys WHERE sender_id = ?1 AND client_key = ?2)
+                      AND client_msg_id = ?3"
+                ))?
+                .query_row(params![sender, hash, key], |r| rows::message(r, ids))
+                .optional()?,
+        };
         if let Some(original) = original {
             heads.insert(conversation, head);
             return Ok(WriteOutcome::Stored {
@@ -235,7 +476,9 @@ fn send(
         hashed_key
     ])?;
     let id = tx.last_insert_rowid();
-    index(tx, id, msg.body.as_str(), sender, recipient)?;
+    if let Some(key) = key {
+        late.recent_keys.insert((sender, Box::from(key)), id);
+    }
     head.last_seq = seq;
     head.last_ts = ts;
     head.last_message_id = id;
@@ -429,10 +672,14 @@ enum Change {
 }
 
 /// Edits or deletes a message after the checks [`WriteOp::Edit`] and
-/// [`WriteOp::Delete`] name; answers the message as it is now.
+/// [`WriteOp::Delete`] name; answers the message as it is now. Rows up to
+/// `indexed_upto` are in the search index and change there at once; later
+/// rows are indexed with their text as it is then.
+#[allow(clippy::too_many_arguments)]
 fn change(
     tx: &rusqlite::Transaction<'_>,
     ids: IdCipher,
+    indexed_upto: i64,
     user: UserId,
     message_id: MessageId,
     change: Change,
@@ -459,15 +706,19 @@ fn change(
         return Ok(refused);
     }
     let at = now.max(last.map_or(i64::MIN, |l| l + 1));
+    let indexed = m.row <= indexed_upto;
+    if indexed {
+        unindex(tx, m.row)?;
+    }
     match change {
         Change::Edit { body, .. } => {
-            unindex(tx, m.row)?;
             tx.prepare_cached("UPDATE messages SET body = ?2, edited_at = ?3, changed_at = ?3 WHERE id = ?1")?
                 .execute(params![m.row, body.as_str(), at])?;
-            index(tx, m.row, body.as_str(), m.sender, m.recipient)?;
+            if indexed {
+                index(tx, m.row, body.as_str(), m.sender, m.recipient)?;
+            }
         }
         Change::Delete => {
-            unindex(tx, m.row)?;
             tx.prepare_cached("UPDATE messages SET body = '', deleted_at = ?2, changed_at = ?2 WHERE id = ?1")?
                 .execute(params![m.row, at])?;
         }
