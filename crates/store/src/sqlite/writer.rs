@@ -426,11 +426,13 @@ fn send(
     };
     let key = msg.client_msg_id.as_ref().map(ClientMsgId::as_str);
     let hashed_key = key.map(client_key);
-    if let (Some(key), Some(hash)) = (key, hashed_key) {
+    // Made once: looked up now, kept if the message is stored.
+    let recent_key = key.map(|key| (sender, Box::<str>::from(key)));
+    if let (Some(key), Some(hash), Some(recent)) = (key, hashed_key, &recent_key) {
         // A retry: answer with the message stored under this key the first
         // time, found among the recent keys or in the key index. (One
         // writer, one transaction: nothing can slip in between.)
-        let original = match late.recent_keys.get(&(sender, Box::from(key))) {
+        let original = match late.recent_keys.get(recent) {
             Some(&row) => tx
                 .prepare_cached(concat!("SELECT ", message_columns!(), " FROM messages WHERE id = ?1"))?
                 .query_row([row], |r| rows::message(r, ids))
@@ -476,8 +478,8 @@ fn send(
         hashed_key
     ])?;
     let id = tx.last_insert_rowid();
-    if let Some(key) = key {
-        late.recent_keys.insert((sender, Box::from(key)), id);
+    if let Some(recent) = recent_key {
+        late.recent_keys.insert(recent, id);
     }
     head.last_seq = seq;
     head.last_ts = ts;
