@@ -1,15 +1,22 @@
 //! Group commit. Every write a connection asks for goes into one queue; a
-//! single task takes whatever has gathered (up to `max_batch`), stores it in
-//! one transaction, and only then dispatches the outcomes: the ack to the
-//! sender, the message to the recipient's and the sender's other connections,
-//! `message_delivered` to the sender. One task dispatching in commit order is
-//! what keeps each conversation in `seq` order on every connection.
+//! single task takes whatever has gathered (up to `max_batch`), hands it to
+//! the store as one transaction, and once it is committed dispatches the
+//! outcomes: the ack to the sender, the message to the recipient's and the
+//! sender's other connections, `message_delivered` to the sender. On a store
+//! that runs batches at once (PostgreSQL), the next is gathered and handed
+//! over while the last one commits. One task dispatching in the order the
+//! batches were handed over is what keeps each conversation in `seq` order
+//! on every connection.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::time::Instant;
 
 use dyad_protocol::{ErrorCode, MessageId, MessageStatus, ServerEvent};
-use dyad_store::{DeliveredMessage, MessageStore, WriteOp, WriteOutcome};
+use dyad_store::{DeliveredMessage, MessageStore, StoreResult, WriteOp, WriteOutcome};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::clock::now_ms;
@@ -98,6 +105,16 @@ impl GroupCommit {
     }
 }
 
+/// A batch handed to the store, waiting for its outcome.
+struct InFlight<'a> {
+    outcome: Pin<Box<dyn Future<Output = StoreResult<Vec<WriteOutcome>>> + Send + 'a>>,
+    routes: Vec<Route>,
+    /// Flushes answered once this batch is dispatched.
+    flushes: Vec<oneshot::Sender<()>>,
+    count: usize,
+    started: Instant,
+}
+
 async fn run(
     mut rx: mpsc::Receiver<Request>,
     store: Arc<dyn MessageStore>,
@@ -105,53 +122,122 @@ async fn run(
     metrics: Arc<Metrics>,
     max_batch: usize,
 ) {
+    let store = &*store;
+    // As many batches as the store runs at once: the next is gathered and
+    // handed over while the last one commits, so the store need not wait
+    // for this task to dispatch. Outcomes still go out in the order the
+    // batches were handed over, which is the order each conversation's
+    // `seq`s were taken in (`MessageStore::write_batch`).
+    let at_once = store.batches_in_flight().max(1);
     let mut requests = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut requests, max_batch).await > 0 {
-        metrics.commit_queue_depth.observe((requests.len() + rx.len()) as f64);
-        let mut ops = Vec::with_capacity(requests.len());
-        let mut routes = Vec::with_capacity(requests.len());
-        let mut flushes = Vec::new();
-        for request in requests.drain(..) {
-            match request {
-                Request::Write(s, submitted) => {
-                    let (client_msg_id, about) = match &s.op {
-                        WriteOp::Send(m) => (m.client_msg_id.as_ref().map(|k| k.as_str().to_owned()), None),
-                        WriteOp::Deliver { .. } => (None, None),
-                        WriteOp::Read { message_id, .. }
-                        | WriteOp::Edit { message_id, .. }
-                        | WriteOp::Delete { message_id, .. } => (None, Some(*message_id)),
-                    };
-                    ops.push(s.op);
-                    routes.push(Route {
-                        origin: s.origin,
-                        client_msg_id,
-                        about,
-                        _slot: s.slot,
-                        submitted,
-                    });
+    let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::with_capacity(at_once);
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            // The oldest batch's outcome before anything new.
+            biased;
+            result = oldest(&mut in_flight), if !in_flight.is_empty() => {
+                if let Some(batch) = in_flight.pop_front() {
+                    finish(&hub, &metrics, batch, result);
                 }
-                Request::Flush(done) => flushes.push(done),
             }
-        }
-        if !ops.is_empty() {
-            commit(&*store, &hub, &metrics, ops, routes).await;
-        }
-        for done in flushes {
-            let _ = done.send(());
+            n = rx.recv_many(&mut requests, max_batch), if open && in_flight.len() < at_once => {
+                if n == 0 {
+                    open = false;
+                    continue;
+                }
+                metrics.commit_queue_depth.observe((requests.len() + rx.len()) as f64);
+                let (ops, routes, flushes) = gather(&mut requests);
+                if ops.is_empty() {
+                    // Only flushes: they wait for what is already with the store.
+                    match in_flight.back_mut() {
+                        Some(last) => last.flushes.extend(flushes),
+                        None => {
+                            for done in flushes {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let count = ops.len();
+                let started = Instant::now();
+                let mut outcome = store.write_batch(ops, now_ms());
+                // Polled once now, so the store has this batch before the
+                // next one: the order of submission is the order of `seq`s.
+                if let Poll::Ready(result) = std::future::poll_fn(|cx| Poll::Ready(outcome.as_mut().poll(cx))).await {
+                    outcome = Box::pin(std::future::ready(result));
+                }
+                in_flight.push_back(InFlight {
+                    outcome,
+                    routes,
+                    flushes,
+                    count,
+                    started,
+                });
+            }
         }
     }
 }
 
-#[tracing::instrument(level = "debug", name = "commit_batch", skip_all, fields(ops = ops.len()))]
-async fn commit(store: &dyn MessageStore, hub: &Hub, metrics: &Metrics, ops: Vec<WriteOp>, routes: Vec<Route>) {
-    let started = Instant::now();
-    let count = ops.len();
-    let result = store.write_batch(ops, now_ms()).await;
+/// The outcome of the oldest batch with the store.
+async fn oldest(in_flight: &mut VecDeque<InFlight<'_>>) -> StoreResult<Vec<WriteOutcome>> {
+    match in_flight.front_mut() {
+        Some(batch) => batch.outcome.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Splits gathered requests into the batch's operations, their routes, and
+/// the flushes among them.
+fn gather(requests: &mut Vec<Request>) -> (Vec<WriteOp>, Vec<Route>, Vec<oneshot::Sender<()>>) {
+    let mut ops = Vec::with_capacity(requests.len());
+    let mut routes = Vec::with_capacity(requests.len());
+    let mut flushes = Vec::new();
+    for request in requests.drain(..) {
+        match request {
+            Request::Write(s, submitted) => {
+                let (client_msg_id, about) = match &s.op {
+                    WriteOp::Send(m) => (m.client_msg_id.as_ref().map(|k| k.as_str().to_owned()), None),
+                    WriteOp::Deliver { .. } => (None, None),
+                    WriteOp::Read { message_id, .. }
+                    | WriteOp::Edit { message_id, .. }
+                    | WriteOp::Delete { message_id, .. } => (None, Some(*message_id)),
+                };
+                ops.push(s.op);
+                routes.push(Route {
+                    origin: s.origin,
+                    client_msg_id,
+                    about,
+                    _slot: s.slot,
+                    submitted,
+                });
+            }
+            Request::Flush(done) => flushes.push(done),
+        }
+    }
+    (ops, routes, flushes)
+}
+
+/// Dispatches a committed batch's outcomes, or refuses its writes.
+#[tracing::instrument(level = "debug", name = "commit_batch", skip_all, fields(ops = batch.count))]
+fn finish(hub: &Hub, metrics: &Metrics, batch: InFlight<'_>, result: StoreResult<Vec<WriteOutcome>>) {
+    let InFlight {
+        routes,
+        flushes,
+        count,
+        started,
+        ..
+    } = batch;
     metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
     metrics.commit_batch_size.observe(count as f64);
     metrics.commit_batches.inc();
-    let outcomes = match result {
-        Ok(outcomes) if outcomes.len() == routes.len() => outcomes,
+    match result {
+        Ok(outcomes) if outcomes.len() == routes.len() => {
+            for (outcome, route) in outcomes.into_iter().zip(routes) {
+                dispatch(hub, metrics, outcome, route);
+            }
+        }
         Ok(_) | Err(_) => {
             if let Err(e) = result {
                 tracing::warn!(error = %e, ops = count, "group commit failed; refusing its sends");
@@ -160,11 +246,10 @@ async fn commit(store: &dyn MessageStore, hub: &Hub, metrics: &Metrics, ops: Vec
             for route in routes {
                 route.refuse(ErrorCode::Unavailable, "storage unavailable; nothing was stored");
             }
-            return;
         }
-    };
-    for (outcome, route) in outcomes.into_iter().zip(routes) {
-        dispatch(hub, metrics, outcome, route);
+    }
+    for done in flushes {
+        let _ = done.send(());
     }
 }
 

@@ -113,7 +113,15 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Runs the operations as one transaction and answers one outcome each,
     /// in order. Either every operation is committed or the call fails.
+    /// A batch is handed over when its future is first polled; batches
+    /// handed over while others run must take each conversation's `seq`s in
+    /// the order they were handed over.
     async fn write_batch(&self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>>;
+    /// How many batches are worth handing over before the first is answered:
+    /// 1 for a store that runs them one after another anyway.
+    fn batches_in_flight(&self) -> usize {
+        1
+    }
     /// A page of the conversation between `a` and `b`.
     async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page>;
     /// Undelivered messages for `recipient`, oldest first: up to `limit` of

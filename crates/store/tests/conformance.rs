@@ -653,6 +653,66 @@ async fn idempotency_keys_return_the_original_within_and_across_batches() {
     }
 }
 
+/// Hands `batches` to the store one after another, as the group commit
+/// does (each is polled once before the next is made), lets them run at
+/// once, and answers their outcomes in the same order.
+async fn overlapped(store: &dyn MessageStore, batches: Vec<Vec<WriteOp>>) -> Vec<Vec<WriteOutcome>> {
+    use std::task::Poll;
+    let mut running = Vec::new();
+    for ops in batches {
+        let mut outcome = store.write_batch(ops, 1_000);
+        let early = std::future::poll_fn(|cx| Poll::Ready(outcome.as_mut().poll(cx))).await;
+        running.push((outcome, early));
+    }
+    let mut outcomes = Vec::new();
+    for (outcome, early) in running {
+        let result = match early {
+            Poll::Ready(result) => result,
+            Poll::Pending => outcome.await,
+        };
+        outcomes.push(result.unwrap());
+    }
+    outcomes
+}
+
+/// Two batches run at once on a store that overlaps them (PostgreSQL): the
+/// second must still take its `seq`s after the first, and find a key the
+/// first stored, even where the first is slow to lock (many deliveries) or
+/// slow to commit (many sends).
+#[tokio::test]
+async fn batches_handed_over_back_to_back_keep_their_order_and_see_each_others_keys() {
+    for (driver, fresh) in drivers().await {
+        let s = &*fresh.store;
+        let [a, b, c, d] = users(s, &["alice", "bob", "carol", "dave"]).await[..] else {
+            unreachable!()
+        };
+        // The first batch is slow to reach its locks; the second is quick.
+        let slow = WriteOp::Deliver {
+            recipient_id: b,
+            message_ids: (1..=30_000).map(MessageId).collect(),
+        };
+        let out = overlapped(
+            s,
+            vec![vec![slow, send(a, b, "first", None)], vec![send(a, b, "second", None)]],
+        )
+        .await;
+        let seqs = (stored(&out[0][1]).0.seq, stored(&out[1][0]).0.seq);
+        assert_eq!(seqs, (1, 2), "{driver}: seq follows the order of hand-over");
+
+        // The first batch is slow to commit after its locks; the second sends
+        // the same key in another conversation, so no lock orders them.
+        let mut many: Vec<WriteOp> = (0..3_000).map(|i| send(a, c, &format!("bulk {i}"), None)).collect();
+        many.push(send(a, c, "keyed", Some("k")));
+        let out = overlapped(s, vec![many, vec![send(a, d, "keyed", Some("k"))]]).await;
+        let original = stored(&out[0][3_000]).0;
+        assert_eq!(
+            stored(&out[1][0]),
+            (original, true),
+            "{driver}: the key sent a moment before is found, not stored twice"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unknown_recipients_and_self_sends_store_nothing() {
     for (driver, fresh) in drivers().await {

@@ -20,6 +20,8 @@ use dyad_protocol::{MessageId, UserId};
 
 use crate::backend;
 use crate::ids::IdCipher;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -84,8 +86,9 @@ macro_rules! page_query {
     };
 }
 
-/// Connections per node: one batch writer at a time plus readers. Five
-/// nodes stay well under PostgreSQL's default of 100.
+/// Connections per node for everything but batches (the batch writer has
+/// [`OVERLAP`] of its own). Five nodes stay well under PostgreSQL's default
+/// of 100.
 const POOL_SIZE: u32 = 16;
 /// How long a call waits for a connection before it fails as `unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -137,6 +140,10 @@ impl PostgresStore {
     }
 }
 
+/// How many batches a node runs at once: the next is prepared while the
+/// last one commits (see [`write::Gate`] for how order is kept).
+const OVERLAP: usize = 2;
+
 /// Starts the thread that runs every batch: its own single-threaded runtime
 /// and its own connections. A batch is about ten round trips; on the
 /// server's runtime each reply would wait behind thousands of WebSocket
@@ -162,12 +169,27 @@ fn spawn_writer(options: PgConnectOptions, ids: IdCipher) -> StoreResult<mpsc::U
         .spawn(move || {
             runtime.block_on(async move {
                 let pool = PgPoolOptions::new()
-                    .max_connections(2)
+                    .max_connections(OVERLAP as u32)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect_lazy_with(options);
-                while let Some((ops, now, reply)) = queue.recv().await {
-                    let _ = reply.send(write::write_batch(&pool, ids, ops, now).await);
+                let mut running = FuturesUnordered::new();
+                // The batch submitted last, while it may still run.
+                let mut last: Option<write::Running> = None;
+                loop {
+                    tokio::select! {
+                        job = queue.recv(), if running.len() < OVERLAP => {
+                            let Some((ops, now, reply)) = job else { break };
+                            let (gate, this) = write::Gate::after(last.take(), ids, &ops);
+                            last = Some(this);
+                            let pool = &pool;
+                            running.push(async move {
+                                let _ = reply.send(write::write_batch(pool, ids, ops, now, gate).await);
+                            });
+                        }
+                        Some(()) = running.next(), if !running.is_empty() => {}
+                    }
                 }
+                while running.next().await.is_some() {}
                 pool.close().await;
             });
         })
@@ -606,6 +628,10 @@ impl MessageStore for PostgresStore {
         let (reply, outcome) = oneshot::channel();
         self.writer.send((ops, now, reply)).map_err(|_| StoreError::Closed)?;
         outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn batches_in_flight(&self) -> usize {
+        OVERLAP
     }
 
     async fn history(&self, a: UserId, b: UserId, page: PageRequest) -> StoreResult<Page> {

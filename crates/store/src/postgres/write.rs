@@ -10,11 +10,16 @@
 //! moment ago is found, not stored twice. A deadlock or serialization
 //! failure (possible when two batches create the same conversations) reruns
 //! the whole batch.
+//!
+//! One node runs two batches at once: the next one starts while the last
+//! one finishes (see [`Gate`]), and their outcomes are dispatched in the
+//! order they were submitted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
+use tokio::sync::oneshot;
 
 use super::{backend, message_at, message_columns, messages};
 use crate::ids::IdCipher;
@@ -38,23 +43,128 @@ struct Head {
     blocked: bool,
 }
 
+/// Where a batch waits for the one submitted before it, and tells the next.
+///
+/// Outcomes are dispatched in the order batches were submitted, so a
+/// conversation that two running batches share must get its `seq`s in that
+/// order too: a batch takes its first lock only once the batch before it
+/// holds all of its conversation locks (then its own lock on a shared
+/// conversation waits for that batch's commit). It waits for the batch
+/// before to finish instead when they carry a common idempotency key (a
+/// retry must find its original, which only a commit shows) or when that
+/// batch reads, edits or deletes, which take locks after its sends.
+///
+/// This wait is invisible to PostgreSQL's deadlock detector, so it is taken
+/// before the batch holds any lock, and a batch signals only once it will
+/// wait for no lock again. Dropping the gate (the batch has ended, however)
+/// signals both.
+pub(super) struct Gate {
+    /// Resolves when this batch may start.
+    ahead: Option<oneshot::Receiver<()>>,
+    /// Told when this batch holds every lock it will take.
+    locked: Option<oneshot::Sender<()>>,
+    /// Dropped when this batch has ended.
+    _done: oneshot::Sender<()>,
+}
+
+/// A running batch, as the next one sees it.
+pub(super) struct Running {
+    /// The idempotency keys it carries, by sender row.
+    keys: HashSet<(i64, i64)>,
+    /// Whether it locks only for its sends (no reads, edits or deletes).
+    sends_only: bool,
+    locked: oneshot::Receiver<()>,
+    done: oneshot::Receiver<()>,
+}
+
+impl Gate {
+    /// The gate of a batch of `ops` submitted after `before` (if it may
+    /// still run), and what the batch after it needs to know.
+    pub(super) fn after(before: Option<Running>, ids: IdCipher, ops: &[WriteOp]) -> (Gate, Running) {
+        let keys = batch_keys(ids, ops);
+        let ahead = before.map(|b| {
+            if b.sends_only && b.keys.is_disjoint(&keys) {
+                b.locked
+            } else {
+                b.done
+            }
+        });
+        let (locked, locked_rx) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        let gate = Gate {
+            ahead,
+            locked: Some(locked),
+            _done: done,
+        };
+        let running = Running {
+            keys,
+            sends_only: sends_only(ops),
+            locked: locked_rx,
+            done: done_rx,
+        };
+        (gate, running)
+    }
+
+    /// Waits until the batch before allows this one to start.
+    async fn pass(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            // An error means that batch has ended: go.
+            let _ = ahead.await;
+        }
+    }
+
+    /// This batch takes no more locks: the next may start.
+    fn open(&mut self) {
+        if let Some(locked) = self.locked.take() {
+            let _ = locked.send(());
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.locked.is_none()
+    }
+}
+
+/// Whether a batch of `ops` locks conversations only for its sends.
+fn sends_only(ops: &[WriteOp]) -> bool {
+    ops.iter()
+        .all(|op| matches!(op, WriteOp::Send(_) | WriteOp::Deliver { .. }))
+}
+
+/// The (sender row, key hash) of every keyed send in `ops`.
+fn batch_keys(ids: IdCipher, ops: &[WriteOp]) -> HashSet<(i64, i64)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            WriteOp::Send(m) => m
+                .client_msg_id
+                .as_ref()
+                .map(|k| (ids.user_row(m.sender_id), client_key(k.as_str()))),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(super) async fn write_batch(
     pool: &PgPool,
     ids: IdCipher,
     ops: Vec<WriteOp>,
     now: i64,
+    mut gate: Gate,
 ) -> StoreResult<Vec<WriteOutcome>> {
+    gate.pass().await;
     let mut attempt = 1;
     loop {
         let mut tx = pool.begin().await.map_err(backend)?;
-        let result = run(&mut tx, ids, &ops, now).await;
+        let result = run(&mut tx, ids, &ops, now, &mut gate).await;
         let result = match result {
             Ok(outcomes) => tx.commit().await.map(|()| outcomes),
             Err(e) => Err(e),
         };
         match result {
             Ok(outcomes) => return Ok(outcomes),
-            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+            // Once the next batch may hold locks, a rerun could take `seq`s
+            // after it: the batch fails instead (its senders retry).
+            Err(e) if attempt < ATTEMPTS && is_transient(&e) && !gate.is_open() => {
                 tracing::debug!(attempt, error = %e, "batch conflicted; running it again");
                 attempt += 1;
             }
@@ -68,7 +178,13 @@ fn is_transient(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
-async fn run(conn: &mut PgConnection, ids: IdCipher, ops: &[WriteOp], now: i64) -> sqlx::Result<Vec<WriteOutcome>> {
+async fn run(
+    conn: &mut PgConnection,
+    ids: IdCipher,
+    ops: &[WriteOp],
+    now: i64,
+    gate: &mut Gate,
+) -> sqlx::Result<Vec<WriteOutcome>> {
     let sends: Vec<&NewMessage> = ops
         .iter()
         .filter_map(|op| match op {
@@ -82,7 +198,7 @@ async fn run(conn: &mut PgConnection, ids: IdCipher, ops: &[WriteOp], now: i64) 
     let mut stored = if sends.is_empty() {
         Vec::new()
     } else {
-        store_sends(conn, ids, &sends, now).await?
+        store_sends(conn, ids, &sends, now, sends_only(ops).then_some(gate)).await?
     }
     .into_iter();
     // Outcomes in the order of the operations.
@@ -116,12 +232,14 @@ fn pair(ids: IdCipher, m: &NewMessage) -> (i64, i64) {
     (s.min(r), s.max(r))
 }
 
-/// Stores the sends; one outcome per send, in order.
+/// Stores the sends; one outcome per send, in order. `gate` is opened once
+/// the conversations are locked, if the batch takes no other locks.
 async fn store_sends(
     conn: &mut PgConnection,
     ids: IdCipher,
     sends: &[&NewMessage],
     now: i64,
+    gate: Option<&mut Gate>,
 ) -> sqlx::Result<Vec<WriteOutcome>> {
     // The conversations, locked in id order. A conversation that `lock`
     // finds proves both its users exist and are not deleted, so the usual
@@ -153,6 +271,9 @@ async fn store_sends(
         .execute(&mut *conn)
         .await?;
         heads.extend(lock(conn, &new).await?);
+    }
+    if let Some(gate) = gate {
+        gate.open();
     }
     // A send is valid if its conversation exists now (a self-send is refused
     // like an unknown user).
