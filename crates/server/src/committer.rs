@@ -132,7 +132,44 @@ async fn run(
     let mut requests = Vec::with_capacity(max_batch);
     let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::with_capacity(at_once);
     let mut open = true;
-    while open || !in_flight.is_empty() {
+    while open || !in_flight.is_empty() || !requests.is_empty() {
+        // What waits is handed over at once when the store is idle; while
+        // another batch commits, only once it is worth a batch of its own
+        // (a small one would cost its round trips and its commit for little).
+        let worth = in_flight.is_empty() || !open || requests.len() >= max_batch.div_ceil(4);
+        if !requests.is_empty() && in_flight.len() < at_once && worth {
+            metrics.commit_queue_depth.observe((requests.len() + rx.len()) as f64);
+            let (ops, routes, flushes) = gather(&mut requests);
+            if ops.is_empty() {
+                // Only flushes: they wait for what is already with the store.
+                match in_flight.back_mut() {
+                    Some(last) => last.flushes.extend(flushes),
+                    None => {
+                        for done in flushes {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+                continue;
+            }
+            let count = ops.len();
+            let started = Instant::now();
+            let mut outcome = store.write_batch(ops, now_ms());
+            // Polled once now, so the store has this batch before the next
+            // one: the order of hand-over is the order of `seq`s.
+            if let Poll::Ready(result) = std::future::poll_fn(|cx| Poll::Ready(outcome.as_mut().poll(cx))).await {
+                outcome = Box::pin(std::future::ready(result));
+            }
+            in_flight.push_back(InFlight {
+                outcome,
+                routes,
+                flushes,
+                count,
+                started,
+            });
+            continue;
+        }
+        let room = max_batch.saturating_sub(requests.len());
         tokio::select! {
             // The oldest batch's outcome before anything new.
             biased;
@@ -141,40 +178,12 @@ async fn run(
                     finish(&hub, &metrics, batch, result);
                 }
             }
-            n = rx.recv_many(&mut requests, max_batch), if open && in_flight.len() < at_once => {
+            // Writes are gathered only while another batch could be handed
+            // over (a store that runs one batch at a time sleeps meanwhile).
+            n = rx.recv_many(&mut requests, room), if open && in_flight.len() < at_once && room > 0 => {
                 if n == 0 {
                     open = false;
-                    continue;
                 }
-                metrics.commit_queue_depth.observe((requests.len() + rx.len()) as f64);
-                let (ops, routes, flushes) = gather(&mut requests);
-                if ops.is_empty() {
-                    // Only flushes: they wait for what is already with the store.
-                    match in_flight.back_mut() {
-                        Some(last) => last.flushes.extend(flushes),
-                        None => {
-                            for done in flushes {
-                                let _ = done.send(());
-                            }
-                        }
-                    }
-                    continue;
-                }
-                let count = ops.len();
-                let started = Instant::now();
-                let mut outcome = store.write_batch(ops, now_ms());
-                // Polled once now, so the store has this batch before the
-                // next one: the order of submission is the order of `seq`s.
-                if let Poll::Ready(result) = std::future::poll_fn(|cx| Poll::Ready(outcome.as_mut().poll(cx))).await {
-                    outcome = Box::pin(std::future::ready(result));
-                }
-                in_flight.push_back(InFlight {
-                    outcome,
-                    routes,
-                    flushes,
-                    count,
-                    started,
-                });
             }
         }
     }

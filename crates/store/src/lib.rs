@@ -117,7 +117,7 @@ pub trait MessageStore: Send + Sync + 'static {
     /// handed over while others run must take each conversation's `seq`s in
     /// the order they were handed over.
     async fn write_batch(&self, ops: Vec<WriteOp>, now: i64) -> StoreResult<Vec<WriteOutcome>>;
-    /// How many batches are worth handing over before the first is answered:
+    /// How many batches may be handed over before the first is answered:
     /// 1 for a store that runs them one after another anyway.
     fn batches_in_flight(&self) -> usize {
         1

@@ -50,6 +50,67 @@ async fn on_postgres_messages_flow_in_order_and_survive_a_restart() {
     server.stop().await;
 }
 
+/// On PostgreSQL a node runs two batches at once. With batches of four
+/// (so the next is handed over as soon as one write waits), two people
+/// flooding each other and a third writing to one of them still get one
+/// gap-free order per conversation, acks in send order, and a watching
+/// device that sees each conversation in `seq` order.
+#[tokio::test]
+async fn with_batches_overlapping_every_connection_sees_each_conversation_in_seq_order() {
+    use dyad_client::protocol::ServerEvent;
+    let url = scratch().await;
+    let config = dyad_server::Config {
+        rate_limit: 0,
+        max_batch: 4,
+        ..test_config()
+    };
+    let server = TestServer::spawn_url("127.0.0.1:0", &url, config).await;
+    let (alice, bob, carol) = (
+        server.user("alice").await,
+        server.user("bob").await,
+        server.user("carol").await,
+    );
+    let mut watcher = bob.connect().await;
+    const EACH: usize = 150;
+    let send_all = |mut conn: crate::helpers::TestConn, to, tag: &'static str| async move {
+        for i in 0..EACH {
+            conn.send(to, &format!("{tag}{i}"), Some(&format!("{tag}{i}"))).await;
+        }
+        conn
+    };
+    let (a, b, c) = (alice.connect().await, bob.connect().await, carol.connect().await);
+    let (mut a, mut b, mut c) = tokio::join!(
+        send_all(a, bob.id, "a"),
+        send_all(b, alice.id, "b"),
+        send_all(c, bob.id, "c")
+    );
+    for conn in [&mut a, &mut b, &mut c] {
+        let (mut last_seq, mut acks) = (0, 0);
+        while acks < EACH {
+            if let ServerEvent::MessageAck { seq, .. } = conn.next().await {
+                assert!(seq > last_seq, "acks of one connection in send order");
+                last_seq = seq;
+                acks += 1;
+            }
+        }
+    }
+    // Bob's other device: alice's conversation (both directions) and
+    // carol's, interleaved as they were committed, each in seq order.
+    let (mut with_alice, mut with_carol) = (0, 0);
+    for _ in 0..3 * EACH {
+        let m = watcher.expect_message().await;
+        let last = if m.sender_id == carol.id {
+            &mut with_carol
+        } else {
+            &mut with_alice
+        };
+        assert_eq!(m.seq, *last + 1, "each conversation in seq order, no gaps");
+        *last = m.seq;
+    }
+    assert_eq!((with_alice, with_carol), (2 * EACH as i64, EACH as i64));
+    server.stop().await;
+}
+
 /// A TCP path to PostgreSQL that the test can cut and mend: the database
 /// really becomes unreachable for the server, and really comes back.
 struct Cable {
