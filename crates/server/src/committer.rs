@@ -111,7 +111,6 @@ struct InFlight<'a> {
     routes: Vec<Route>,
     /// Flushes answered once this batch is dispatched.
     flushes: Vec<oneshot::Sender<()>>,
-    count: usize,
     started: Instant,
 }
 
@@ -152,7 +151,6 @@ async fn run(
                 }
                 continue;
             }
-            let count = ops.len();
             let started = Instant::now();
             let mut outcome = store.write_batch(ops, now_ms());
             // Polled once now, so the store has this batch before the next
@@ -164,7 +162,6 @@ async fn run(
                 outcome,
                 routes,
                 flushes,
-                count,
                 started,
             });
             continue;
@@ -229,15 +226,15 @@ fn gather(requests: &mut Vec<Request>) -> (Vec<WriteOp>, Vec<Route>, Vec<oneshot
 }
 
 /// Dispatches a committed batch's outcomes, or refuses its writes.
-#[tracing::instrument(level = "debug", name = "commit_batch", skip_all, fields(ops = batch.count))]
+#[tracing::instrument(level = "debug", name = "commit_batch", skip_all, fields(ops = batch.routes.len()))]
 fn finish(hub: &Hub, metrics: &Metrics, batch: InFlight<'_>, result: StoreResult<Vec<WriteOutcome>>) {
     let InFlight {
         routes,
         flushes,
-        count,
         started,
         ..
     } = batch;
+    let count = routes.len();
     metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
     metrics.commit_batch_size.observe(count as f64);
     metrics.commit_batches.inc();

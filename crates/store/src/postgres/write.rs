@@ -65,6 +65,9 @@ pub(super) struct Gate {
     locked: Option<oneshot::Sender<()>>,
     /// Dropped when this batch has ended.
     _done: oneshot::Sender<()>,
+    /// Whether the batch locks only for its sends, so that it can signal
+    /// once those are locked.
+    sends_only: bool,
 }
 
 /// A running batch, as the next one sees it.
@@ -89,16 +92,20 @@ impl Gate {
                 b.done
             }
         });
+        let sends_only = ops
+            .iter()
+            .all(|op| matches!(op, WriteOp::Send(_) | WriteOp::Deliver { .. }));
         let (locked, locked_rx) = oneshot::channel();
         let (done, done_rx) = oneshot::channel();
         let gate = Gate {
             ahead,
             locked: Some(locked),
             _done: done,
+            sends_only,
         };
         let running = Running {
             keys,
-            sends_only: sends_only(ops),
+            sends_only,
             locked: locked_rx,
             done: done_rx,
         };
@@ -123,12 +130,6 @@ impl Gate {
     fn is_open(&self) -> bool {
         self.locked.is_none()
     }
-}
-
-/// Whether a batch of `ops` locks conversations only for its sends.
-fn sends_only(ops: &[WriteOp]) -> bool {
-    ops.iter()
-        .all(|op| matches!(op, WriteOp::Send(_) | WriteOp::Deliver { .. }))
 }
 
 /// The (sender row, key hash) of every keyed send in `ops`.
@@ -198,7 +199,7 @@ async fn run(
     let mut stored = if sends.is_empty() {
         Vec::new()
     } else {
-        store_sends(conn, ids, &sends, now, sends_only(ops).then_some(gate)).await?
+        store_sends(conn, ids, &sends, now, gate.sends_only.then_some(gate)).await?
     }
     .into_iter();
     // Outcomes in the order of the operations.
