@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::Target;
 use super::procstat;
-use super::report::{Latency, LoadReport, ServerUsage};
+use super::report::{Latency, LoadReport, ServerUsage, WatchedUsage};
 use crate::admin::BenchUser;
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -53,6 +53,12 @@ pub struct LoadArgs {
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 128)]
     connect_concurrency: usize,
+    /// Also report the CPU time of every process with this command name
+    /// over the measured window (repeatable): e.g. `postgres`,
+    /// `redis-server`, or `dyad` for the nodes of a cluster (this bench is
+    /// left out).
+    #[arg(long)]
+    watch: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -198,7 +204,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let server_cpu_start = servers.pid.and_then(procstat::cpu_seconds);
     let server_disk_start = servers.pid.and_then(procstat::disk_write_bytes);
     let own_cpu_start = procstat::cpu_seconds(procstat::own_pid());
+    let watched_start: Vec<f64> = args.watch.iter().map(|n| procstat::cpu_seconds_of_named(n).0).collect();
     tokio::time::sleep_until(schedule.t0 + schedule.end).await;
+    let watched_end: Vec<(f64, usize)> = args.watch.iter().map(|n| procstat::cpu_seconds_of_named(n)).collect();
     let server_cpu_end = servers.pid.and_then(procstat::cpu_seconds);
     let server_disk_end = servers.pid.and_then(procstat::disk_write_bytes);
     let own_cpu_end = procstat::cpu_seconds(procstat::own_pid());
@@ -213,6 +221,19 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let (late, lost) = recount(&outcomes, users, &servers.urls, args.connect_concurrency).await?;
     let c = &shared.counters;
     let measured = c.measured_acked.load(Ordering::Relaxed).max(1) as f64;
+    let watched = args.watch.iter().zip(watched_start.iter().zip(watched_end));
+    let watched = watched
+        .map(|(name, (start, (end, processes)))| {
+            let cpu_seconds = end - start;
+            let usage = WatchedUsage {
+                processes,
+                cpu_seconds,
+                cores: cpu_seconds / args.duration.as_secs_f64(),
+                cpu_us_per_message: 1e6 * cpu_seconds / measured,
+            };
+            (name.clone(), usage)
+        })
+        .collect();
     let server = match (servers.pid, server_cpu_start, server_cpu_end) {
         (Some(pid), Some(a), Some(b)) => {
             let disk = server_disk_start.zip(server_disk_end).map(|(a, b)| b.saturating_sub(a));
@@ -252,6 +273,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         ]),
         server,
         bench_cpu_seconds: own_cpu_start.zip(own_cpu_end).map(|(a, b)| b - a),
+        watched,
     };
     servers.stop().await?;
     if args.json {

@@ -64,6 +64,18 @@ pub struct ServerUsage {
     pub peak_rss_mib: f64,
 }
 
+/// What the processes of one name (`--watch`) used during the measured
+/// window; per message once the run's rate is known.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchedUsage {
+    /// How many ran at the end of the window.
+    pub processes: usize,
+    pub cpu_seconds: f64,
+    pub cores: f64,
+    /// Per message acked in the window.
+    pub cpu_us_per_message: f64,
+}
+
 /// Everything a load run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
@@ -88,6 +100,8 @@ pub struct LoadReport {
     pub latency_ms: BTreeMap<&'static str, Percentiles>,
     pub server: Option<ServerUsage>,
     pub bench_cpu_seconds: Option<f64>,
+    /// `--watch`: CPU by process name over the window.
+    pub watched: BTreeMap<String, WatchedUsage>,
 }
 
 impl LoadReport {
@@ -135,6 +149,12 @@ impl LoadReport {
         }
         if let Some(cpu) = self.bench_cpu_seconds {
             println!("load generator: {cpu:.1} CPU s");
+        }
+        for (name, w) in &self.watched {
+            println!(
+                "{name} ({} processes): {:.1} CPU s ({:.2} cores, {:.1} µs per message)",
+                w.processes, w.cpu_seconds, w.cores, w.cpu_us_per_message
+            );
         }
     }
 }
