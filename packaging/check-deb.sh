@@ -30,7 +30,9 @@ fi
 rm -rf "$state" && mkdir -p "$state" && touch "$state/.made-by-check-deb"
 chown -R nobody:nogroup "$state" && chmod 0700 "$state"
 out=$(mktemp) && chmod 0644 "$out"
-(cd "$state" && DYAD_LISTEN=127.0.0.1:0 setpriv --reuid=nobody --regid=nogroup --clear-groups $exec_start >"$out" 2>&1) &
+# `exec`: `$!` is then the server itself, which the trap stops (without it,
+# the trap stopped only the subshell and left the server running).
+(cd "$state" && DYAD_LISTEN=127.0.0.1:0 exec setpriv --reuid=nobody --regid=nogroup --clear-groups $exec_start >"$out" 2>&1) &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$state"' EXIT
 for _ in $(seq 50); do grep -q "dyad listening on" "$out" && break; sleep 0.2; done
