@@ -32,7 +32,7 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::abuse::{AbuseGuard, AddressKey, HashingRefused, HashingSlot, Limit};
+use crate::abuse::{AbuseGuard, AddressKey, HashingRefused, HashingTurn, Limit};
 use crate::clock::now_ms;
 use crate::domain::{Password, Username};
 use dyad_protocol::ErrorCode;
@@ -349,7 +349,7 @@ impl Accounts {
     }
 
     /// A place in the hashing queue, or `429` at once.
-    async fn hashing_slot(&self, source: IpAddr) -> Result<HashingSlot, AccountError> {
+    async fn hashing_slot(&self, source: IpAddr) -> Result<HashingTurn, AccountError> {
         self.guard.hashing(source).await.map_err(|refused| {
             AccountError::Limited(match refused {
                 HashingRefused::AddressBusy => Duration::from_secs(1),

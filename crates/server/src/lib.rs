@@ -98,7 +98,7 @@ pub async fn serve(
     };
     let hub = Arc::new(Hub::new(store.clone(), metrics.clone(), config.presence_grace, shared));
     let (commits, commit_task) = GroupCommit::start(store.clone(), hub.clone(), metrics.clone(), config.max_batch);
-    let guard = Arc::new(AbuseGuard::new(config.abuse.clone(), metrics.refused.clone()));
+    let guard = Arc::new(AbuseGuard::new(config.abuse.clone(), metrics.guard.clone()));
     let accounts =
         Arc::new(Accounts::new(store.clone(), config.token_ttl, guard.clone()).map_err(ServeError::Accounts)?);
     // Sessions revoked on other nodes leave the session cache here too.

@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::abuse::GuardMetrics;
+
 /// The server's counters. Cloning a metric shares it.
 pub struct Metrics {
     registry: Registry,
@@ -34,8 +36,8 @@ pub struct Metrics {
     pub gap_fills: Counter,
     /// Open TCP connections (HTTP and WebSocket).
     pub tcp_connections: Gauge,
-    /// Requests and connections refused by an abuse limit, by limit.
-    pub refused: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Refusals by abuse limit, and the hashing queue's waits and turns.
+    pub guard: GuardMetrics,
     /// From a send's frame read to its ack queued on its connection.
     pub send_ack_seconds: Histogram,
     /// Writes waiting for the group commit when a batch starts.
@@ -93,7 +95,7 @@ impl Default for Metrics {
             refused_frames: Counter::default(),
             gap_fills: Counter::default(),
             tcp_connections: Gauge::default(),
-            refused: Family::default(),
+            guard: GuardMetrics::default(),
             send_ack_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             commit_queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
             connections_by_state: Family::default(),
@@ -150,7 +152,17 @@ impl Default for Metrics {
         registry.register(
             "refused",
             "Requests and connections refused by an abuse limit, by limit",
-            m.refused.clone(),
+            m.guard.refused.clone(),
+        );
+        registry.register(
+            "hashing_wait_seconds",
+            "Time waited for a turn in the password hashing queue, by the address's standing",
+            m.guard.hashing_wait.clone(),
+        );
+        registry.register(
+            "hashing_seconds",
+            "Time a password hash held its turn in the hashing queue",
+            m.guard.hashing_held.clone(),
         );
         registry.register(
             "send_ack_seconds",

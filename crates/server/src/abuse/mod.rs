@@ -47,6 +47,7 @@ use std::time::Duration;
 use dyad_protocol::UserId;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 pub use address::{AddressKey, is_trusted_proxy, source_address};
 use buckets::RateByKey;
@@ -159,12 +160,56 @@ pub struct AbuseGuard {
     hashing: HashingQueue,
     /// Addresses with a failed login lately, with when.
     failing: std::sync::Mutex<lru::LruCache<AddressKey, tokio::time::Instant>>,
-    refused: Family<[(&'static str, &'static str); 1], Counter>,
+    metrics: GuardMetrics,
+}
+
+/// A metric family with one label.
+type ByLabel<M, C = fn() -> M> = Family<[(&'static str, &'static str); 1], M, C>;
+
+/// What the guard counts for `/metrics`. Cloning shares the metrics.
+#[derive(Clone)]
+pub struct GuardMetrics {
+    /// Requests and connections refused, by limit.
+    pub refused: ByLabel<Counter>,
+    /// Time waited for a turn in the hashing queue, by the address's
+    /// standing (`good`, or `failing` after a failed login).
+    pub hashing_wait: ByLabel<Histogram>,
+    /// Time a password hash held its turn: the hash itself.
+    pub hashing_held: Histogram,
+}
+
+fn hashing_histogram() -> Histogram {
+    // 1 ms to 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Default for GuardMetrics {
+    fn default() -> Self {
+        GuardMetrics {
+            refused: Family::default(),
+            hashing_wait: Family::new_with_constructor(hashing_histogram),
+            hashing_held: hashing_histogram(),
+        }
+    }
+}
+
+/// A turn in the hashing queue; dropping it hands the turn on and counts
+/// how long it was held.
+pub struct HashingTurn {
+    _slot: HashingSlot,
+    since: std::time::Instant,
+    held: Histogram,
+}
+
+impl Drop for HashingTurn {
+    fn drop(&mut self) {
+        self.held.observe(self.since.elapsed().as_secs_f64());
+    }
 }
 
 impl AbuseGuard {
-    /// Limits as `limits` says; refusals counted in `refused`.
-    pub fn new(limits: AbuseLimits, refused: Family<[(&'static str, &'static str); 1], Counter>) -> Self {
+    /// Limits as `limits` says; refusals and hashing turns counted in `metrics`.
+    pub fn new(limits: AbuseLimits, metrics: GuardMetrics) -> Self {
         let on = limits.enabled;
         AbuseGuard {
             registrations: RateByKey::new(
@@ -193,7 +238,7 @@ impl AbuseGuard {
                 std::num::NonZeroUsize::new(MAX_TRACKED_ADDRESSES).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
             limits,
-            refused,
+            metrics,
         }
     }
 
@@ -214,7 +259,7 @@ impl AbuseGuard {
     /// Logs and counts a refusal: a wrong password at `info` (people
     /// mistype), a limit hit at `warn`.
     pub fn refused(&self, limit: Limit, source: IpAddr, detail: &str) {
-        self.refused.get_or_create(&[("limit", limit.as_str())]).inc();
+        self.metrics.refused.get_or_create(&[("limit", limit.as_str())]).inc();
         if limit == Limit::InvalidCredentials {
             tracing::info!(limit = limit.as_str(), source = %source, detail, "refused");
         } else {
@@ -258,16 +303,29 @@ impl AbuseGuard {
         permit
     }
 
-    /// A place in the hashing queue for `source`.
-    pub async fn hashing(&self, source: IpAddr) -> Result<HashingSlot, HashingRefused> {
+    /// A turn in the hashing queue for `source`.
+    pub async fn hashing(&self, source: IpAddr) -> Result<HashingTurn, HashingRefused> {
         let key = AddressKey::of(source);
-        let slot = self.hashing.slot(key, self.good_standing(key)).await;
+        let good = self.good_standing(key);
+        let asked = std::time::Instant::now();
+        let slot = self.hashing.slot(key, good).await;
         match slot {
             Err(HashingRefused::AddressBusy) => self.refused(Limit::HashingPerAddress, source, ""),
             Err(HashingRefused::QueueFull) => self.refused(Limit::HashingQueue, source, ""),
             Ok(_) => {}
         }
-        slot
+        let slot = slot?;
+        let since = std::time::Instant::now();
+        let standing = if good { "good" } else { "failing" };
+        self.metrics
+            .hashing_wait
+            .get_or_create(&[("standing", standing)])
+            .observe(since.duration_since(asked).as_secs_f64());
+        Ok(HashingTurn {
+            _slot: slot,
+            since,
+            held: self.metrics.hashing_held.clone(),
+        })
     }
 }
 
@@ -279,7 +337,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failed_logins_cost_standing_for_a_while_and_their_memory_is_bounded() {
-        let guard = AbuseGuard::new(AbuseLimits::default(), Family::default());
+        let guard = AbuseGuard::new(AbuseLimits::default(), GuardMetrics::default());
         let ip = |n: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
         guard.failed_login(ip(1));
         assert!(!guard.good_standing(AddressKey::of(ip(1))));
