@@ -70,6 +70,8 @@ enum Request {
 #[derive(Clone)]
 pub struct GroupCommit {
     tx: mpsc::Sender<Request>,
+    /// Delivery acks, taken before everything else.
+    acks: mpsc::Sender<Request>,
 }
 
 /// The group commit has stopped.
@@ -87,14 +89,19 @@ impl GroupCommit {
         max_batch: usize,
     ) -> (GroupCommit, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 16);
-        let task = tokio::spawn(run(rx, store, hub, metrics, max_batch.max(1)));
-        (GroupCommit { tx }, task)
+        let (acks, acks_rx) = mpsc::channel(max_batch.max(1) * 16);
+        let task = tokio::spawn(run(rx, acks_rx, store, hub, metrics, max_batch.max(1)));
+        (GroupCommit { tx, acks }, task)
     }
 
     /// Queues a write; waits while the queue is full (backpressure).
     pub async fn submit(&self, s: Submission) -> Result<(), Stopped> {
         let now = Instant::now();
-        self.tx.send(Request::Write(s, now)).await.map_err(|_| Stopped)
+        let queue = match s.op {
+            WriteOp::Deliver { .. } => &self.acks,
+            _ => &self.tx,
+        };
+        queue.send(Request::Write(s, now)).await.map_err(|_| Stopped)
     }
 
     /// Resolves once everything queued before it is committed and dispatched.
@@ -116,6 +123,7 @@ struct InFlight<'a> {
 
 async fn run(
     mut rx: mpsc::Receiver<Request>,
+    mut acks: mpsc::Receiver<Request>,
     store: Arc<dyn MessageStore>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -131,13 +139,17 @@ async fn run(
     let mut requests = Vec::with_capacity(max_batch);
     let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::with_capacity(at_once);
     let mut open = true;
-    while open || !in_flight.is_empty() || !requests.is_empty() {
+    let mut acks_open = true;
+    while open || acks_open || !in_flight.is_empty() || !requests.is_empty() {
         // What waits is handed over at once when the store is idle; while
         // another batch commits, only once it is worth a batch of its own
         // (a small one would cost its round trips and its commit for little).
         let worth = in_flight.is_empty() || !open || requests.len() >= max_batch.div_ceil(4);
         if !requests.is_empty() && in_flight.len() < at_once && worth {
-            metrics.commit_queue_depth.observe((requests.len() + rx.len()) as f64);
+            fill(&mut requests, &mut acks, &mut rx, max_batch);
+            metrics
+                .commit_queue_depth
+                .observe((requests.len() + rx.len() + acks.len()) as f64);
             let (ops, routes, flushes) = gather(&mut requests);
             if ops.is_empty() {
                 // Only flushes: they wait for what is already with the store.
@@ -175,6 +187,13 @@ async fn run(
                     finish(&hub, &metrics, batch, result);
                 }
             }
+            // Acks before other writes.
+            ack = acks.recv(), if acks_open && in_flight.len() < at_once && room > 0 => {
+                match ack {
+                    Some(ack) => requests.push(ack),
+                    None => acks_open = false,
+                }
+            }
             // Writes are gathered only while another batch could be handed
             // over (a store that runs one batch at a time sleeps meanwhile).
             n = rx.recv_many(&mut requests, room), if open && in_flight.len() < at_once && room > 0 => {
@@ -183,6 +202,32 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Adds what waits to the next batch: delivery acks first (up to a batch of
+/// them, or all before a flush, which must cover them), then other writes
+/// up to `max_batch`. Under overload the acks do not queue behind the
+/// sends: each one ends a pending delivery, and a backlog of those makes
+/// every later write slower (docs/BENCHMARKS.md §18).
+fn fill(
+    requests: &mut Vec<Request>,
+    acks: &mut mpsc::Receiver<Request>,
+    rx: &mut mpsc::Receiver<Request>,
+    max_batch: usize,
+) {
+    let flushing = requests.iter().any(|r| matches!(r, Request::Flush(_)));
+    let mut taken = 0;
+    while (flushing || taken < max_batch)
+        && let Ok(ack) = acks.try_recv()
+    {
+        requests.push(ack);
+        taken += 1;
+    }
+    while requests.len() < max_batch
+        && let Ok(request) = rx.try_recv()
+    {
+        requests.push(request);
     }
 }
 
@@ -351,5 +396,86 @@ fn delivered(hub: &Hub, metrics: &Metrics, messages: &[DeliveredMessage]) {
             delivered_at: m.delivered_at,
         });
         hub.route_delivered(m, frame);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use dyad_protocol::UserId;
+
+    use super::*;
+
+    fn write(op: WriteOp) -> Request {
+        let s = Submission {
+            op,
+            origin: None,
+            slot: None,
+        };
+        Request::Write(s, Instant::now())
+    }
+
+    fn ack(n: i64) -> Request {
+        write(WriteOp::Deliver {
+            recipient_id: UserId(1),
+            message_ids: vec![MessageId(n)],
+        })
+    }
+
+    fn read(n: i64) -> Request {
+        write(WriteOp::Read {
+            reader: UserId(1),
+            message_id: MessageId(n),
+        })
+    }
+
+    /// What `requests` holds, as ("ack" | "read" | "flush", message id).
+    fn kinds(requests: &[Request]) -> Vec<(&'static str, i64)> {
+        requests
+            .iter()
+            .map(|r| match r {
+                Request::Write(s, _) => match &s.op {
+                    WriteOp::Deliver { message_ids, .. } => ("ack", message_ids[0].0),
+                    WriteOp::Read { message_id, .. } => ("read", message_id.0),
+                    _ => ("other", 0),
+                },
+                Request::Flush(_) => ("flush", 0),
+            })
+            .collect()
+    }
+
+    /// A queue holding `requests`, with its sender (so it stays open).
+    fn queued(requests: impl IntoIterator<Item = Request>) -> (mpsc::Sender<Request>, mpsc::Receiver<Request>) {
+        let (tx, rx) = mpsc::channel(64);
+        requests.into_iter().for_each(|r| tx.try_send(r).unwrap());
+        (tx, rx)
+    }
+
+    #[test]
+    fn acks_go_into_the_next_batch_ahead_of_writes_queued_before_them() {
+        let (_tx, mut rx) = queued((1..=10).map(read));
+        let (_acks_tx, mut acks) = queued((101..=103).map(ack));
+        let mut requests = Vec::new();
+        fill(&mut requests, &mut acks, &mut rx, 4);
+        assert_eq!(
+            kinds(&requests),
+            [("ack", 101), ("ack", 102), ("ack", 103), ("read", 1)]
+        );
+        requests.clear();
+        fill(&mut requests, &mut acks, &mut rx, 4);
+        assert_eq!(kinds(&requests), [("read", 2), ("read", 3), ("read", 4), ("read", 5)]);
+    }
+
+    #[test]
+    fn a_batch_takes_at_most_a_batch_of_acks_unless_a_flush_waits_for_them_all() {
+        let (_tx, mut rx) = queued([]);
+        let (_acks_tx, mut acks) = queued((1..=10).map(ack));
+        let mut requests = Vec::new();
+        fill(&mut requests, &mut acks, &mut rx, 4);
+        assert_eq!(requests.len(), 4);
+        let (done, _) = oneshot::channel();
+        let mut requests = vec![Request::Flush(done)];
+        fill(&mut requests, &mut acks, &mut rx, 4);
+        assert_eq!(requests.len(), 1 + 6, "the flush and every ack still waiting");
     }
 }
