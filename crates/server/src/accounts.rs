@@ -161,7 +161,7 @@ impl Accounts {
             return Err(AccountError::UsernameTaken);
         }
         let hash = {
-            let _slot = self.hashing_slot(source).await?;
+            let _turn = self.hashing_turn(source).await?;
             let pw = password.clone();
             tokio::task::spawn_blocking(move || hash_password(pw.as_bytes()))
                 .await
@@ -230,7 +230,7 @@ impl Accounts {
         let new = Password::parse(new)?;
         let me = self.confirm(session, current, source).await?;
         let hash = {
-            let _slot = self.hashing_slot(source).await?;
+            let _turn = self.hashing_turn(source).await?;
             tokio::task::spawn_blocking(move || hash_password(new.as_bytes()))
                 .await
                 .map_err(|e| AccountError::Internal(e.to_string()))??
@@ -332,7 +332,7 @@ impl Accounts {
             .as_ref()
             .map_or(self.decoy_hash.clone(), |u| u.password_hash.clone());
         let verified = {
-            let _slot = self.hashing_slot(source).await?;
+            let _turn = self.hashing_turn(source).await?;
             let password = password.to_owned();
             tokio::task::spawn_blocking(move || verify_password(&password, &stored_hash))
                 .await
@@ -348,8 +348,8 @@ impl Accounts {
         Ok(user)
     }
 
-    /// A place in the hashing queue, or `429` at once.
-    async fn hashing_slot(&self, source: IpAddr) -> Result<HashingTurn, AccountError> {
+    /// A turn in the hashing queue, or `429` at once.
+    async fn hashing_turn(&self, source: IpAddr) -> Result<HashingTurn, AccountError> {
         self.guard.hashing(source).await.map_err(|refused| {
             AccountError::Limited(match refused {
                 HashingRefused::AddressBusy => Duration::from_secs(1),
