@@ -157,35 +157,38 @@ async fn count_messages(browser: &Browser, text: &str) -> u64 {
         .unwrap()
 }
 
-/// The page redraws whole lists on events, so an element found a moment ago
-/// may be gone by the time it is used: find it again, a few times.
-async fn retry_stale<T, F, Fut>(mut attempt: F) -> T
+/// The page draws its lists on events, so an element may not be drawn yet
+/// (a slow, cold browser draws late), or be gone by the time it is used
+/// after a redraw: find it again, for up to `PAGE_WAIT`.
+async fn retry_until_drawn<T, F, Fut>(mut attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
 {
-    for _ in 0..20 {
+    let started = Instant::now();
+    loop {
         match attempt().await {
             Ok(v) => return v,
-            Err(e) if e.is_stale_element_reference() => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => panic!("webdriver: {e}"),
+            Err(e) if (e.is_stale_element_reference() || e.is_no_such_element()) && started.elapsed() < PAGE_WAIT => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("webdriver, after {:?}: {e}", started.elapsed()),
         }
     }
-    panic!("element kept going stale")
 }
 
 async fn text_of(browser: &Browser, css: &str) -> String {
-    retry_stale(|| async { browser.find(Locator::Css(css)).await?.text().await }).await
+    retry_until_drawn(|| async { browser.find(Locator::Css(css)).await?.text().await }).await
 }
 
 async fn fill(browser: &Browser, css: &str, text: &str) {
-    let input = browser.find(Locator::Css(css)).await.unwrap();
+    let input = retry_until_drawn(|| browser.find(Locator::Css(css))).await;
     input.clear().await.unwrap();
     input.send_keys(text).await.unwrap();
 }
 
 async fn click(browser: &Browser, css: &str) {
-    retry_stale(|| async { browser.find(Locator::Css(css)).await?.click().await }).await;
+    retry_until_drawn(|| async { browser.find(Locator::Css(css)).await?.click().await }).await;
 }
 
 /// Opens the page and waits for its sign-in form.
