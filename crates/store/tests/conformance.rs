@@ -1095,6 +1095,23 @@ async fn search_on_postgres_pages_across_id_buckets_in_order() {
     }
 }
 
+/// PostgreSQL's search index keeps a short pending list: the insert that
+/// fills it moves it into the index while that insert's batch waits, so a
+/// long list is a long stall (docs/BENCHMARKS.md §19).
+#[tokio::test]
+async fn postgres_search_index_keeps_a_short_pending_list() {
+    use sqlx::Connection;
+    let url = dyad_store::testing::scratch_postgres_url().await.unwrap();
+    let _store = dyad_store::open(&url).await.unwrap();
+    let mut sql = sqlx::PgConnection::connect(&url).await.unwrap();
+    let options: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(reloptions) FROM pg_class WHERE oid = 'messages_search'::regclass")
+            .fetch_all(&mut sql)
+            .await
+            .unwrap();
+    assert_eq!(options, vec!["gin_pending_list_limit=1024".to_string()]);
+}
+
 fn read(reader: UserId, message_id: MessageId) -> WriteOp {
     WriteOp::Read { reader, message_id }
 }
