@@ -248,7 +248,7 @@ async fn fill(args: FillArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.users >= 2 && args.users.is_multiple_of(2), "--users must be even");
     let users = provision(&args.database, "fill", args.users, Duration::from_secs(30 * 24 * 3600)).await?;
     write_tokens(&args.out, &users)?;
-    let store = dyad_store::open(&args.database).await?;
+    let store = dyad_store::open_exclusive(&args.database).await?;
     let started = std::time::Instant::now();
     let mut written = 0usize;
     let mut batch_no = 0i64;

@@ -409,7 +409,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let log = settings.log.as_deref().unwrap_or("info");
-    let filter = EnvFilter::try_new(log).context("bad log filter")?;
+    let mut filter = EnvFilter::try_new(log).context("bad log filter")?;
+    // The key index's engine (fjall) logs every file it opens at `info`:
+    // only its warnings, unless the filter names it.
+    for (engine, quiet) in [("fjall", "fjall=warn"), ("lsm_tree", "lsm_tree=warn")] {
+        if !log.contains(engine) {
+            filter = filter.add_directive(quiet.parse().context("log filter")?);
+        }
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -420,7 +427,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = settings.config()?;
     let database = settings.database.as_deref().unwrap_or_default();
     let listen = settings.listen.as_deref().unwrap_or_default();
-    let store = dyad_store::open(database)
+    let store = dyad_store::open_exclusive(database)
         .await
         .with_context(|| format!("opening {}", mask_password(database)))?;
     let listener = tokio::net::TcpListener::bind(listen)

@@ -152,6 +152,18 @@ pub trait MessageStore: Send + Sync + 'static {
 /// with a third slash, absolute) or `postgres://…` / `postgresql://…`
 /// (connects and applies migrations).
 pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
+    open_as(url, false).await
+}
+
+/// Opens the store for a server (or anything else that sends messages
+/// with keys): as [`open`], but a SQLite file whose idempotency key index
+/// another process holds (another server on the same file) is refused
+/// rather than opened without it.
+pub async fn open_exclusive(url: &str) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
+    open_as(url, true).await
+}
+
+async fn open_as(url: &str, serving: bool) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url).await?));
     }
@@ -159,9 +171,14 @@ pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
         if path.is_empty() {
             return Err(backend("sqlite:// needs a file path, e.g. sqlite://dyad-data/dyad.db"));
         }
-        return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
-            path,
-        ))?));
+        let store = sqlite::SqliteStore::open(std::path::Path::new(path))?;
+        if serving && !store.holds_key_index() {
+            return Err(backend(format!(
+                "another process holds {}: one server per SQLite file",
+                sqlite::key_index_folder(std::path::Path::new(path)).display()
+            )));
+        }
+        return Ok(std::sync::Arc::new(store));
     }
     let scheme = url.split("://").next().unwrap_or(url);
     Err(backend(format!(

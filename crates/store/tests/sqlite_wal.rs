@@ -172,67 +172,160 @@ async fn new_text_reaches_the_search_index_without_a_search() {
     drop(store);
 }
 
-/// A retry is answered with the original whether its key is still among
-/// the writer's recent keys, already in the key index, or only in the
-/// message row (as after a crash between the send's commit and indexing).
+/// A retry is answered with the original whether its first copy is in the
+/// same batch, in the key index, or only in the message rows (the index
+/// lost its last writes in a crash, or its folder is gone): the index is
+/// brought up to the rows when the store opens.
 #[tokio::test]
-async fn a_retry_finds_its_original_before_and_after_the_keys_are_indexed_and_after_a_crash() {
+async fn a_retry_finds_its_original_in_the_batch_the_index_and_after_the_index_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys.db");
     let url = format!("sqlite://{}", path.display());
     let store = dyad_store::open(&url).await.unwrap();
     let a = store.create_user("alice", "h", 0).await.unwrap().id;
     let b = store.create_user("bob", "h", 0).await.unwrap().id;
-    let send = |key: &str, text: &str| {
-        WriteOp::Send(NewMessage {
-            sender_id: a,
-            recipient_id: b,
-            body: dyad_store::testing::body(text.to_owned()),
-            client_msg_id: Some(dyad_store::testing::key(key.to_owned())),
-        })
-    };
-    let id_of = |o: &WriteOutcome| match o {
-        WriteOutcome::Stored { message, duplicate } => (message.id, message.seq, *duplicate),
-        other => panic!("{other:?}"),
-    };
-    // Stored, then retried in the same batch and the next: recent keys.
+    let send = |key: &str, text: &str| keyed(a, b, key, text);
+    // Stored, then retried in the same batch and the next.
     let out = store
         .write_batch(vec![send("k1", "one"), send("k1", "one")], 10)
         .await
         .unwrap();
-    let first = id_of(&out[0]);
-    assert_eq!(id_of(&out[1]), (first.0, 1, true));
+    let first = stored(&out[0]);
+    assert_eq!(stored(&out[1]), (first.0, 1, true));
     let out = store.write_batch(vec![send("k1", "one")], 11).await.unwrap();
-    assert_eq!(id_of(&out[0]), (first.0, 1, true));
+    assert_eq!(stored(&out[0]), (first.0, 1, true));
+    // The same key from another sender is another message.
+    let out = store.write_batch(vec![keyed(b, a, "k1", "one")], 12).await.unwrap();
+    assert!(!stored(&out[0]).2);
 
-    // Indexed (a search catches the indexes up): found in message_keys.
-    let text = dyad_protocol::domain::SearchText::parse("one").unwrap();
-    assert_eq!(store.search(a, &text, None, 10).await.unwrap().messages.len(), 1);
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let keys: i64 = conn
-        .query_row("SELECT COUNT(*) FROM message_keys", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(keys, 1);
-    let out = store.write_batch(vec![send("k1", "one")], 12).await.unwrap();
-    assert_eq!(id_of(&out[0]), (first.0, 1, true));
-
-    // A second message, then its keys and index progress taken back as if
-    // the process had died right after its commit.
     let out = store.write_batch(vec![send("k2", "two")], 13).await.unwrap();
-    let second = id_of(&out[0]);
+    let second = stored(&out[0]);
     drop(store);
-    conn.execute_batch(
-        "DELETE FROM message_keys;
-         UPDATE meta SET value = 0 WHERE name = 'indexed_upto';
-         INSERT INTO messages_fts (messages_fts) VALUES ('delete-all');",
-    )
-    .unwrap();
+    // The index forgets everything, as if its writes since the start had
+    // been lost in a crash: the store reads the keys back from the rows.
+    {
+        let db = fjall::Database::builder(keys_folder(&path)).open().unwrap();
+        let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).unwrap();
+        db.keyspace("keys", fjall::KeyspaceCreateOptions::default)
+            .unwrap()
+            .clear()
+            .unwrap();
+        meta.insert("upto", 0i64.to_be_bytes()).unwrap();
+    }
     let store = dyad_store::open(&url).await.unwrap();
     let out = store
         .write_batch(vec![send("k2", "two"), send("k1", "one"), send("k3", "three")], 14)
         .await
         .unwrap();
-    assert_eq!(id_of(&out[0]), (second.0, 2, true));
-    assert_eq!(id_of(&out[1]), (first.0, 1, true));
-    assert_eq!(id_of(&out[2]).1, 3);
+    assert_eq!(stored(&out[0]), (second.0, 3, true));
+    assert_eq!(stored(&out[1]), (first.0, 1, true));
+    assert_eq!(stored(&out[2]).1, 4);
+    drop(store);
+    // No index folder at all: built again from the rows.
+    std::fs::remove_dir_all(keys_folder(&path)).unwrap();
+    let store = dyad_store::open(&url).await.unwrap();
+    let out = store
+        .write_batch(vec![send("k3", "three"), send("k1", "one")], 15)
+        .await
+        .unwrap();
+    assert!(stored(&out[0]).2);
+    assert_eq!(stored(&out[1]), (first.0, 1, true));
+}
+
+/// A database put back from an older copy is behind its key index, which
+/// names rows that the copy does not have: the index is rebuilt from the
+/// copy's rows, so a key stored only after the copy is a new message again
+/// and keeps working as a key from then on.
+#[tokio::test]
+async fn a_database_restored_from_an_older_copy_rebuilds_its_key_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.db");
+    let copy = dir.path().join("copy.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = dyad_store::open(&url).await.unwrap();
+    let a = store.create_user("alice", "h", 0).await.unwrap().id;
+    let b = store.create_user("bob", "h", 0).await.unwrap().id;
+    let out = store.write_batch(vec![keyed(a, b, "k1", "one")], 10).await.unwrap();
+    let first = stored(&out[0]);
+    dyad_store::sqlite::backup::backup(&path, &copy).unwrap();
+    let out = store.write_batch(vec![keyed(a, b, "k2", "two")], 11).await.unwrap();
+    assert_eq!(stored(&out[0]).1, 2);
+    drop(store);
+
+    dyad_store::sqlite::backup::restore(&copy, &path, true).unwrap();
+    let store = dyad_store::open(&url).await.unwrap();
+    let out = store
+        .write_batch(
+            vec![
+                keyed(a, b, "k1", "one"),
+                keyed(a, b, "k3", "three"),
+                keyed(a, b, "k2", "two again"),
+            ],
+            12,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored(&out[0]), (first.0, 1, true));
+    let (three, two) = (stored(&out[1]), stored(&out[2]));
+    assert_eq!((three.1, three.2, two.1, two.2), (2, false, 3, false));
+    let out = store
+        .write_batch(vec![keyed(a, b, "k2", "two again"), keyed(a, b, "k3", "three")], 13)
+        .await
+        .unwrap();
+    assert_eq!(stored(&out[0]), (two.0, 3, true));
+    assert_eq!(stored(&out[1]), (three.0, 2, true));
+}
+
+/// A second process on the same file (`dyad admin …` beside the server)
+/// cannot hold the key index at the same time: it refuses sends that carry
+/// a key, and stores the rest; the first keeps answering retries.
+#[tokio::test]
+async fn only_one_process_at_a_time_holds_the_key_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.db");
+    let server = SqliteStore::open(&path).unwrap();
+    let admin = SqliteStore::open(&path).unwrap();
+    let a = server.create_user("alice", "h", 0).await.unwrap().id;
+    let b = server.create_user("bob", "h", 0).await.unwrap().id;
+    let out = server.write_batch(vec![keyed(a, b, "k1", "one")], 10).await.unwrap();
+    let first = stored(&out[0]);
+    let refused = admin.write_batch(vec![keyed(a, b, "k1", "one")], 11).await;
+    assert!(
+        refused.unwrap_err().to_string().contains("another process"),
+        "a send with a key is refused without the index"
+    );
+    let mut plain = keyed(a, b, "unused", "plain");
+    if let WriteOp::Send(m) = &mut plain {
+        m.client_msg_id = None;
+    }
+    let out = admin.write_batch(vec![plain], 12).await.unwrap();
+    assert_eq!(stored(&out[0]).1, 2);
+    let out = server.write_batch(vec![keyed(a, b, "k1", "one")], 13).await.unwrap();
+    assert_eq!(stored(&out[0]), (first.0, 1, true));
+    assert!(server.holds_key_index() && !admin.holds_key_index());
+    // A second server on the file is refused outright.
+    let url = format!("sqlite://{}", path.display());
+    let second = dyad_store::open_exclusive(&url).await;
+    assert!(second.is_err_and(|e| e.to_string().contains("one server per SQLite file")));
+}
+
+fn keys_folder(db: &std::path::Path) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{}-keys", db.display()))
+}
+
+fn keyed(from: UserId, to: UserId, key: &str, text: &str) -> WriteOp {
+    WriteOp::Send(NewMessage {
+        sender_id: from,
+        recipient_id: to,
+        body: dyad_store::testing::body(text.to_owned()),
+        client_msg_id: Some(dyad_store::testing::key(key.to_owned())),
+    })
+}
+
+/// A stored message's id and seq, and whether it was a retry.
+fn stored(o: &WriteOutcome) -> (dyad_protocol::MessageId, i64, bool) {
+    match o {
+        WriteOutcome::Stored { message, duplicate } => (message.id, message.seq, *duplicate),
+        other => panic!("{other:?}"),
+    }
 }

@@ -186,11 +186,16 @@ async fn an_edit_after_the_window_is_refused() {
     server.stop().await;
 }
 
-/// Whether any file in `dir` holds `needle`.
+/// The files in `dir` and the folders under it (the key index's) that
+/// hold `needle`.
 fn held_in(dir: &std::path::Path, needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(held_in(&path, needle));
+            continue;
+        }
         let bytes = std::fs::read(&path).unwrap();
         if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
             found.push(path.display().to_string());

@@ -175,15 +175,24 @@ pub async fn from_sqlite(source: &Path, target: &str, mut progress: impl FnMut(&
     let messages = copy(
         &src,
         &mut tx,
-        "SELECT id, conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id, client_key,
+        "SELECT id, conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id,
                 edited_at, deleted_at, changed_at, delivered_at
          FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
         |r| {
+            // The key's hash, which PostgreSQL indexes (SQLite keeps its
+            // keys whole, in their own index).
+            let client_msg_id: Option<String> = r.get(7)?;
             Ok(MessageRow {
                 numbers: [r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(6)?],
                 body: r.get(5)?,
-                client_msg_id: r.get(7)?,
-                optional: [r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?],
+                optional: [
+                    client_msg_id.as_deref().map(crate::client_key),
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                ],
+                client_msg_id,
             })
         },
         |r| r.numbers[0],

@@ -7,9 +7,11 @@
 //! forgets the heads. Reads (history, replay, lookups) go to a pool of four
 //! read-only connections, each mapping the file, which WAL lets run beside
 //! the writer. A checkpointer thread copies the WAL back beside the writer
-//! (`spawn_checkpointer`).
+//! (`spawn_checkpointer`). The idempotency keys are in an LSM tree beside
+//! the file ([`keys`]), which the writer keeps up to date with the rows.
 
 pub mod backup;
+mod keys;
 mod reads;
 mod rows;
 mod schema;
@@ -32,6 +34,7 @@ use crate::{
     SessionInfo, SessionRecord, Settings, SettingsPatch, StoreError, StoreResult, StoredMessage, TokenHash, UserRecord,
     WriteOp, WriteOutcome,
 };
+pub use keys::folder as key_index_folder;
 use rows::user_columns;
 use writer::{Job, LateIndexes, Writer};
 
@@ -59,6 +62,8 @@ pub struct SqliteStore {
     ids: IdCipher,
     /// Set while stored messages may wait to be indexed for search.
     index_behind: Arc<AtomicBool>,
+    /// Whether this process held the idempotency key index when it opened.
+    holds_key_index: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -173,7 +178,9 @@ impl SqliteStore {
         }
         let index_behind = Arc::new(AtomicBool::new(true));
         let late = LateIndexes::load(&conn, index_behind.clone()).map_err(backend)?;
-        let (jobs, writer) = Writer::spawn(conn, ids, late).map_err(backend)?;
+        let keys = keys::Keys::open(path, &conn, &schema::id_key(&conn).map_err(backend)?).map_err(backend)?;
+        let holds_key_index = keys.held();
+        let (jobs, writer) = Writer::spawn(conn, ids, late, keys).map_err(backend)?;
         let checkpointer = spawn_checkpointer(path)?;
         Ok(SqliteStore {
             checkpointer: Some(checkpointer),
@@ -184,7 +191,15 @@ impl SqliteStore {
             path: path.to_owned(),
             ids,
             index_behind,
+            holds_key_index,
         })
+    }
+
+    /// Whether this process held the idempotency key index when it opened
+    /// the store (another process, such as a running server, may hold it;
+    /// then sends that carry a key are refused).
+    pub fn holds_key_index(&self) -> bool {
+        self.holds_key_index
     }
 
     /// Runs `f` on the writer thread and waits for its answer.

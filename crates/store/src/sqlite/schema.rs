@@ -142,7 +142,21 @@ INSERT INTO message_keys (sender_id, client_key, message_row)
 DROP INDEX messages_by_client_key;
 INSERT INTO meta (name, value) SELECT 'indexed_upto', COALESCE(MAX(id), 0) FROM messages;
 "#,
+    r#"
+-- The idempotency keys move to an LSM tree in a folder beside the file
+-- (keys.rs), which the first open after this step fills from the message
+-- rows. `client_key` is no longer written (docs/BENCHMARKS.md §21).
+DROP TABLE message_keys;
+"#,
 ];
+
+/// The key of the database's id permutation: random, made with the
+/// database, and shared by its copies, so it also tells which database an
+/// idempotency key index belongs to.
+pub(super) fn id_key(conn: &Connection) -> Result<Vec<u8>, String> {
+    conn.query_row("SELECT value FROM meta WHERE name = 'id_key'", [], |r| r.get(0))
+        .map_err(|e| e.to_string())
+}
 
 /// Fills `client_key` for rows written before it existed (step 2).
 fn backfill_client_keys(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
@@ -202,9 +216,7 @@ pub(super) fn id_cipher(conn: &Connection) -> Result<IdCipher, String> {
         [&fresh[..]],
     )
     .map_err(|e| e.to_string())?;
-    let key: Vec<u8> = conn
-        .query_row("SELECT value FROM meta WHERE name = 'id_key'", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
+    let key = id_key(conn)?;
     let legacy = |name: &str| -> Result<i64, String> {
         conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
             .map_err(|e| format!("{name}: {e}"))

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use dyad_protocol::{MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::keys::{KeyError, Keys};
 use super::rows::{self, message_columns};
 use crate::ids::IdCipher;
 use crate::{
     DeliveredMessage, NewMessage, ReadMark, Seen, StoreError, StoreResult, StoredMessage, WriteOp, WriteOutcome,
-    client_key,
 };
 use dyad_protocol::domain::{ClientMsgId, MessageBody};
 
@@ -47,14 +47,14 @@ const INDEX_CHUNK: i64 = 1_000;
 /// moment.)
 const IDLE: Duration = Duration::from_millis(2);
 
-/// The indexes built after the send's transaction: the search index
-/// (`messages_fts`) and the idempotency keys (`message_keys`). Written in
-/// each batch, each cost a random page per message in every commit (and
-/// FTS5 a new segment and its merges). The writer adds new messages to them
-/// in chunks of [`INDEX_CHUNK`], when it has nothing else to do or when a
-/// message has waited [`INDEX_WITHIN`] (docs/BENCHMARKS.md §15).
+/// The index built after the send's transaction: the search index
+/// (`messages_fts`). Written in each batch, it cost a random page per
+/// message in every commit, a new FTS5 segment and its merges. The writer
+/// adds new messages to it in chunks of [`INDEX_CHUNK`], when it has
+/// nothing else to do or when a message has waited [`INDEX_WITHIN`]
+/// (docs/BENCHMARKS.md §15).
 pub(super) struct LateIndexes {
-    /// Every message row up to this one is in both, none after it
+    /// Every message row up to this one is in it, none after it
     /// (`meta.indexed_upto`).
     upto: i64,
     /// Messages stored after `upto`, and since when the oldest waits.
@@ -62,21 +62,16 @@ pub(super) struct LateIndexes {
     since: Option<Instant>,
     /// Set while messages wait to be indexed; shared with searches.
     behind: Arc<AtomicBool>,
-    /// The idempotency keys of the messages after `upto`: (sender row,
-    /// key) → message row. As many as `pending` at most.
-    recent_keys: HashMap<(i64, Box<str>), i64>,
 }
 
 impl LateIndexes {
-    /// Reads the progress stored in `conn`'s database, and the keys of the
-    /// messages stored after it.
+    /// Reads the progress stored in `conn`'s database.
     pub(super) fn load(conn: &Connection, behind: Arc<AtomicBool>) -> rusqlite::Result<Self> {
         let mut late = LateIndexes {
             upto: 0,
             pending: 0,
             since: None,
             behind,
-            recent_keys: HashMap::new(),
         };
         late.reload(conn)?;
         Ok(late)
@@ -86,14 +81,6 @@ impl LateIndexes {
     /// transaction, or another process's commit.
     fn reload(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         self.upto = conn.query_row("SELECT value FROM meta WHERE name = 'indexed_upto'", [], |r| r.get(0))?;
-        self.recent_keys = conn
-            .prepare_cached(
-                "SELECT sender_id, client_msg_id, id FROM messages WHERE id > ?1 AND client_msg_id IS NOT NULL",
-            )?
-            .query_map([self.upto], |r| {
-                Ok(((r.get(0)?, r.get::<_, String>(1)?.into_boxed_str()), r.get(2)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
         let pending = conn.query_row("SELECT COUNT(*) FROM messages WHERE id > ?1", [self.upto], |r| r.get(0))?;
         self.pending = 0;
         self.stored(pending);
@@ -113,7 +100,6 @@ impl LateIndexes {
     fn committed(&mut self, done: Indexed) {
         if let Some(last) = done.last {
             self.upto = last;
-            self.recent_keys.retain(|_, row| *row > last);
         }
         self.pending = match done.last.is_none() || done.count < done.limit {
             true => 0,
@@ -141,8 +127,8 @@ struct Indexed {
     limit: i64,
 }
 
-/// Adds up to `limit` messages after row `upto` to the late indexes and
-/// moves their mark, in `tx`.
+/// Adds up to `limit` messages after row `upto` to the search index and
+/// moves its mark, in `tx`.
 fn index_rows(tx: &rusqlite::Transaction<'_>, upto: i64, limit: i64) -> rusqlite::Result<Indexed> {
     let (last, count): (Option<i64>, i64) = tx
         .prepare_cached("SELECT MAX(id), COUNT(*) FROM (SELECT id FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2)")?
@@ -155,13 +141,6 @@ fn index_rows(tx: &rusqlite::Transaction<'_>, upto: i64, limit: i64) -> rusqlite
         "INSERT INTO messages_fts (rowid, body, owners)
          SELECT id, body, 'u' || sender_id || ' u' || recipient_id FROM messages
          WHERE id > ?1 AND id <= ?2 AND deleted_at IS NULL",
-    )?
-    .execute(params![upto, last])?;
-    tx.prepare_cached(
-        "INSERT INTO message_keys (sender_id, client_key, message_row)
-         SELECT sender_id, client_key, id FROM messages
-         WHERE id > ?1 AND id <= ?2 AND client_key IS NOT NULL
-         ORDER BY sender_id, client_key",
     )?
     .execute(params![upto, last])?;
     tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'indexed_upto'")?
@@ -179,6 +158,7 @@ pub(super) struct Writer {
     /// when another process (`dyad admin …`) commits to the file.
     data_version: i64,
     late: LateIndexes,
+    keys: Keys,
 }
 
 impl Writer {
@@ -188,6 +168,7 @@ impl Writer {
         conn: Connection,
         ids: IdCipher,
         late: LateIndexes,
+        keys: Keys,
     ) -> std::io::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
@@ -199,6 +180,7 @@ impl Writer {
                     heads: HashMap::new(),
                     data_version: 0,
                     late,
+                    keys,
                 };
                 let mut next = None;
                 loop {
@@ -273,6 +255,7 @@ impl Writer {
         if result.is_err() {
             // What the rolled-back batch cached is not so.
             self.heads.clear();
+            self.keys.rolled_back();
             if let Err(e) = self.late.reload(&self.conn) {
                 tracing::warn!(error = %e, "reading the index progress failed");
             }
@@ -280,13 +263,14 @@ impl Writer {
         result.map_err(|e| StoreError::Backend(Box::new(e)))
     }
 
-    fn try_write_batch(&mut self, ops: Vec<WriteOp>, now: i64) -> rusqlite::Result<Vec<WriteOutcome>> {
+    fn try_write_batch(&mut self, ops: Vec<WriteOp>, now: i64) -> Result<Vec<WriteOutcome>, KeyError> {
         let Writer {
             conn,
             ids,
             heads,
             data_version,
             late,
+            keys,
         } = self;
         let ids = *ids;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -303,7 +287,7 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             let outcome = match op {
-                WriteOp::Send(msg) => send(&tx, ids, heads, late, &mut touched, msg, now)?,
+                WriteOp::Send(msg) => send(&tx, ids, heads, keys, &mut touched, msg, now)?,
                 WriteOp::Deliver {
                     recipient_id,
                     message_ids,
@@ -346,6 +330,7 @@ impl Writer {
             false => None,
         };
         tx.commit()?;
+        keys.committed();
         late.stored(
             outcomes
                 .iter()
@@ -407,11 +392,11 @@ fn send(
     tx: &rusqlite::Transaction<'_>,
     ids: IdCipher,
     heads: &mut HashMap<(i64, i64), ConversationHead>,
-    late: &mut LateIndexes,
+    keys: &mut Keys,
     touched: &mut HashSet<(i64, i64)>,
     msg: NewMessage,
     now: i64,
-) -> rusqlite::Result<WriteOutcome> {
+) -> Result<WriteOutcome, KeyError> {
     let (sender, recipient) = (ids.user_row(msg.sender_id), ids.user_row(msg.recipient_id));
     if sender == recipient {
         return Ok(WriteOutcome::UnknownRecipient);
@@ -425,27 +410,21 @@ fn send(
         },
     };
     let key = msg.client_msg_id.as_ref().map(ClientMsgId::as_str);
-    let hashed_key = key.map(client_key);
-    // Made once: looked up now, kept if the message is stored.
-    let recent_key = key.map(|key| (sender, Box::<str>::from(key)));
-    if let (Some(key), Some(hash), Some(recent)) = (key, hashed_key, &recent_key) {
+    if let Some(key) = key {
         // A retry: answer with the message stored under this key the first
-        // time, found among the recent keys or in the key index. (One
-        // writer, one transaction: nothing can slip in between.)
-        let original = match late.recent_keys.get(recent) {
-            Some(&row) => tx
-                .prepare_cached(concat!("SELECT ", message_columns!(), " FROM messages WHERE id = ?1"))?
-                .query_row([row], |r| rows::message(r, ids))
-                .optional()?,
-            None => tx
+        // time, found in this batch or in the key index, and checked
+        // against its row. (One writer, one transaction: nothing can slip
+        // in between.)
+        let original = match keys.find(tx, &super::keys::encode(sender, key))? {
+            Some(row) => tx
                 .prepare_cached(concat!(
                     "SELECT ",
                     message_columns!(),
-                    " FROM messages WHERE id IN (SELECT message_row FROM message_keys WHERE sender_id = ?1 AND client_key = ?2)
-                      AND client_msg_id = ?3"
+                    " FROM messages WHERE id = ?1 AND sender_id = ?2 AND client_msg_id = ?3"
                 ))?
-                .query_row(params![sender, hash, key], |r| rows::message(r, ids))
+                .query_row(params![row, sender, key], |r| rows::message(r, ids))
                 .optional()?,
+            None => None,
         };
         if let Some(original) = original {
             heads.insert(conversation, head);
@@ -464,22 +443,13 @@ fn send(
     let seq = head.last_seq + 1;
     let ts = now.max(head.last_ts + 1);
     tx.prepare_cached(
-        "INSERT INTO messages (conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id, client_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO messages (conversation_id, seq, sender_id, recipient_id, body, ts, client_msg_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![
-        head.id,
-        seq,
-        sender,
-        recipient,
-        msg.body.as_str(),
-        ts,
-        key,
-        hashed_key
-    ])?;
+    .execute(params![head.id, seq, sender, recipient, msg.body.as_str(), ts, key])?;
     let id = tx.last_insert_rowid();
-    if let Some(recent) = recent_key {
-        late.recent_keys.insert(recent, id);
+    if let Some(key) = key {
+        keys.stored(super::keys::encode(sender, key), id);
     }
     head.last_seq = seq;
     head.last_ts = ts;
