@@ -61,7 +61,7 @@ pub(super) enum KeyError {
     Index(#[from] fjall::Error),
     #[error("reading message rows for the key index: {0}")]
     Rows(#[from] rusqlite::Error),
-    #[error("the idempotency key index is held by another process; sends with a client_msg_id wait for it")]
+    #[error("another process holds the idempotency key index: sends with a client_msg_id are refused until it is free")]
     Elsewhere,
 }
 
@@ -215,11 +215,11 @@ impl Keys {
     /// The row stored under `key` ([`encode`]) in an earlier batch or this
     /// one. It may name a row that holds something else (an index from
     /// before a restore): the caller checks the row.
-    pub(super) fn find(&mut self, conn: &Connection, key: &[u8]) -> Result<Option<i64>, KeyError> {
+    pub(super) fn find(&self, key: &[u8]) -> Result<Option<i64>, KeyError> {
         if let Some(&row) = self.fresh.get(key) {
             return Ok(Some(row));
         }
-        let index = self.index(conn)?;
+        let index = self.index.as_ref().ok_or(KeyError::Elsewhere)?;
         Ok(index.keys.get(key)?.as_deref().and_then(decode_row))
     }
 
@@ -254,15 +254,17 @@ impl Keys {
         self.index.is_some()
     }
 
-    /// The index, opened now if it was not and a retry is due.
-    fn index(&mut self, conn: &Connection) -> Result<&KeyIndex, KeyError> {
-        if self.index.is_none() {
-            if Instant::now() < self.retry_at {
-                return Err(KeyError::Elsewhere);
-            }
-            self.retry_at = Instant::now() + RETRY_OPEN;
-            self.index = Some(KeyIndex::open(&self.dir, conn, &self.owner)?);
+    /// Opens the index if it is not open and a retry is due. Called
+    /// between transactions, so that catching up reads committed rows only.
+    pub(super) fn reopen_if_due(&mut self, conn: &Connection) {
+        if self.index.is_some() || Instant::now() < self.retry_at {
+            return;
         }
-        self.index.as_ref().ok_or(KeyError::Elsewhere)
+        self.retry_at = Instant::now() + RETRY_OPEN;
+        match KeyIndex::open(&self.dir, conn, &self.owner) {
+            Ok(index) => self.index = Some(index),
+            Err(KeyError::Elsewhere) => {}
+            Err(e) => tracing::warn!(error = %e, "opening the idempotency key index failed"),
+        }
     }
 }

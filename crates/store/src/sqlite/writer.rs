@@ -273,6 +273,12 @@ impl Writer {
             keys,
         } = self;
         let ids = *ids;
+        if ops
+            .iter()
+            .any(|op| matches!(op, WriteOp::Send(m) if m.client_msg_id.is_some()))
+        {
+            keys.reopen_if_due(conn);
+        }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Another process wrote (a message, a deleted account): what is
         // cached may be stale. Checked inside the write lock, so nothing
@@ -415,7 +421,7 @@ fn send(
         // time, found in this batch or in the key index, and checked
         // against its row. (One writer, one transaction: nothing can slip
         // in between.)
-        let original = match keys.find(tx, &super::keys::encode(sender, key))? {
+        let original = match keys.find(&super::keys::encode(sender, key))? {
             Some(row) => tx
                 .prepare_cached(concat!(
                     "SELECT ",
