@@ -163,7 +163,7 @@ pub async fn open_exclusive(url: &str) -> StoreResult<std::sync::Arc<dyn Message
     open_as(url, true).await
 }
 
-async fn open_as(url: &str, serving: bool) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
+async fn open_as(url: &str, exclusive: bool) -> StoreResult<std::sync::Arc<dyn MessageStore>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url).await?));
     }
@@ -172,7 +172,7 @@ async fn open_as(url: &str, serving: bool) -> StoreResult<std::sync::Arc<dyn Mes
             return Err(backend("sqlite:// needs a file path, e.g. sqlite://dyad-data/dyad.db"));
         }
         let store = sqlite::SqliteStore::open(std::path::Path::new(path))?;
-        if serving && !store.holds_key_index() {
+        if exclusive && !store.holds_key_index() {
             return Err(backend(format!(
                 "another process holds {}: one server per SQLite file",
                 sqlite::key_index_folder(std::path::Path::new(path)).display()
